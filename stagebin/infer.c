@@ -1,0 +1,346 @@
+/*
+ * tpo-infer — inference stage: PROMPT in; BEGIN, TOKEN*, END | ERROR out.
+ *
+ * Drives up to stages.infer.max_inflight jobs at once through a model worker
+ * (workers/worker.h). Input records are released in order only once their
+ * job has ended, so the input ring itself is the in-flight journal: its
+ * records between tail and the read cursor are the jobs we hold, and each
+ * one's header carries a journal word (tpo_rec.seq, owned by the consumer
+ * until release):
+ *
+ *   bit 31  the job ended (its output is complete downstream)
+ *   bit 30  the job was started
+ *   0..29   tokens forwarded so far
+ *
+ * A replacement process re-reads those records: ended ones are skipped;
+ * started ones count one more attempt (tpo_rec.attempt) and are retried if
+ * they had forwarded no token, ended with one error if they had (a token
+ * cannot be taken back), and quarantined once they were in flight in
+ * restart.quarantine_after crashes.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+
+#include "stagebin/stage.h"
+#include "workers/worker.h"
+
+#define J_DONE     (1u << 31)
+#define J_STARTED  (1u << 30)
+#define J_TOKENS   ((1u << 30) - 1)
+
+struct job {
+	struct tpo_job w;            /* first: the worker sees this */
+	int active;
+	struct tpo_rec *rec;         /* the PROMPT record, in our input ring */
+	uint64_t pos;                /* its ring position */
+	uint32_t origin;
+	uint32_t seq;
+	uint64_t start_ns, first_ns, queued_ns;
+	uint32_t prompt_tokens;
+};
+
+static struct tpo_stage st;
+static const struct tpo_worker_ops *ops;
+static void *worker;
+static struct job *jobs;
+static uint32_t njobs, active;
+/* Jobs in intake order, to release the input ring in order. */
+static uint32_t *fifo, fifo_head, fifo_len;
+
+static void journal(struct job *j, uint32_t set)
+{
+	j->rec->seq = (j->rec->seq & ~J_TOKENS) | set | (j->seq & J_TOKENS);
+}
+
+static void end_job(struct job *j)
+{
+	ops->cancel(worker, &j->w);
+	j->rec->seq |= J_DONE;
+	j->active = 0;
+	active--;
+	tpo_stats_inflight(&st.stats, st.stage, st.lane, active);
+}
+
+static int sink_token(struct tpo_job *w, const char *text, size_t len)
+{
+	struct job *j = (struct job *)w;
+	int err;
+
+	if (len == 0)
+		return 0;
+	if (len > st.out[0].max_len)
+		len = st.out[0].max_len;
+	err = tpo_stage_emit(&st, 0, TPO_MSG_TOKEN, j->w.req_id, ++j->seq, j->origin,
+			     text, (uint32_t)len);
+	if (err < 0)
+		return err;
+	if (j->seq == 1) {
+		j->first_ns = tpo_now_ns();
+		tpo_stats_ttft(&st.stats, st.stage, st.lane, j->first_ns - j->start_ns);
+	}
+	journal(j, J_STARTED);
+	tpo_stats_count_tokens(&st.stats, st.stage, st.lane, 1);
+	return 0;
+}
+
+static void sink_done(struct tpo_job *w, int finish)
+{
+	struct job *j = (struct job *)w;
+	struct tpo_msg_end e = {
+		.finish = (uint32_t)finish,
+		.prompt_tokens = j->prompt_tokens,
+		.completion_tokens = j->seq,
+		.infer_start_ns = j->start_ns,
+		.first_token_ns = j->first_ns,
+	};
+
+	tpo_stage_emit(&st, 0, TPO_MSG_END, j->w.req_id, ++j->seq, j->origin, &e, sizeof(e));
+	tpo_stats_count_out(&st.stats, st.stage, st.lane, 1);
+	tpo_stats_service(&st.stats, st.stage, st.lane, tpo_now_ns() - j->start_ns);
+	end_job(j);
+}
+
+static void sink_fail(struct tpo_job *w, int status, const char *msg)
+{
+	struct job *j = (struct job *)w;
+
+	tpo_stage_emit_error(&st, 0, j->w.req_id, j->origin, status, msg);
+	tpo_stats_count_error(&st.stats, st.stage, st.lane, 1);
+	end_job(j);
+}
+
+static const struct tpo_job_sink sink = {
+	.token = sink_token, .done = sink_done, .fail = sink_fail,
+};
+
+static struct job *free_job(void)
+{
+	for (uint32_t i = 0; i < njobs; i++)
+		if (!jobs[i].active)
+			return &jobs[i];
+	return NULL;
+}
+
+static struct job *find_job(uint64_t req_id)
+{
+	for (uint32_t i = 0; i < njobs; i++)
+		if (jobs[i].active && jobs[i].w.req_id == req_id)
+			return &jobs[i];
+	return NULL;
+}
+
+/* Takes one PROMPT record; returns 0 or -errno (fatal). */
+static int take_prompt(struct tpo_rec *rec, uint64_t pos)
+{
+	struct tpo_msg_req *m = tpo_rec_data(rec);
+	struct job *j;
+	uint32_t jw = rec->seq;
+	int err;
+
+	if (jw & J_DONE)
+		return 1;            /* finished before a crash: skip */
+	if (rec->len < sizeof(*m) || tpo_msg_req_size(m) != rec->len) {
+		rec->seq |= J_DONE;
+		return tpo_stage_emit_error(&st, 0, rec->req_id, rec->aux, 500,
+					    "internal error: malformed PROMPT record");
+	}
+	if (jw & J_STARTED) {
+		/* It was in flight when our predecessor died. */
+		rec->attempt++;
+		if (jw & J_TOKENS) {
+			char msg[160];
+			rec->seq |= J_DONE;
+			snprintf(msg, sizeof(msg), "the model worker crashed after streaming "
+				 "%u tokens of this response", jw & J_TOKENS);
+			tpo_stats_count_error(&st.stats, st.stage, st.lane, 1);
+			return tpo_stage_emit_error(&st, 0, rec->req_id, rec->aux, 502, msg);
+		}
+		if (rec->attempt >= st.quarantine_after) {
+			rec->seq |= J_DONE;
+			tpo_log(LOG_ERR, "request %016llx quarantined: in flight in %u worker crashes",
+				(unsigned long long)rec->req_id, rec->attempt);
+			tpo_stats_count_error(&st.stats, st.stage, st.lane, 1);
+			return tpo_stage_emit_error(&st, 0, rec->req_id, rec->aux, 500,
+				"request quarantined: the model worker crashed repeatedly "
+				"while processing it");
+		}
+		tpo_log(LOG_NOTICE, "request %016llx: retrying after a worker crash (attempt %u)",
+			(unsigned long long)rec->req_id, rec->attempt + 1);
+	}
+	j = free_job();
+	memset(j, 0, sizeof(*j));
+	j->active = 1;
+	j->rec = rec;
+	j->pos = pos;
+	j->origin = rec->aux;
+	j->start_ns = tpo_now_ns();
+	j->queued_ns = rec->ts_ns;
+	j->prompt_tokens = m->prompt_tokens;
+	j->w.req_id = rec->req_id;
+	j->w.prompt = tpo_msg_req_text(m);
+	j->w.prompt_len = m->text_len;
+	j->w.max_tokens = m->max_tokens;
+	j->w.deadline_ns = m->deadline_ns;
+	j->w.seed = m->seed;
+	j->w.model = m->model;
+	j->w.sink = &sink;
+	rec->seq = J_STARTED;
+	active++;
+	fifo[(fifo_head + fifo_len++) % njobs] = (uint32_t)(j - jobs);
+	tpo_stats_inflight(&st.stats, st.stage, st.lane, active);
+	tpo_stats_count_in(&st.stats, st.stage, st.lane, 1);
+	tpo_stats_queue_wait(&st.stats, st.stage, st.lane, j->start_ns - rec->ts_ns);
+
+	/* BEGIN tells post the stops and limits, and stream that inference began. */
+	{
+		struct tpo_msg_req *b;
+		struct tpo_rec *out;
+		err = tpo_stage_reserve(&st, 0, (uint32_t)sizeof(*m) + m->stop_len, &out);
+		if (err < 0)
+			return err;
+		out->type = TPO_MSG_BEGIN;
+		out->req_id = rec->req_id;
+		out->aux = rec->aux;
+		out->ts_ns = j->start_ns;
+		b = tpo_rec_data(out);
+		*b = *m;
+		b->text_len = 0;
+		b->ctx_len = 0;
+		memcpy(tpo_msg_req_stops(b), tpo_msg_req_stops(m), m->stop_len);
+		tpo_ring_commit(&st.out[0]);
+	}
+	err = ops->start(worker, &j->w);
+	if (err < 0 && j->active)
+		sink_fail(&j->w, 500, "the model worker could not start this request");
+	return 0;
+}
+
+static int on_input(void)
+{
+	struct tpo_ring *r = &st.in[0];
+	const struct tpo_rec *rec;
+	int n = 0, err;
+
+	while (active < njobs) {
+		err = tpo_ring_peek(r, &rec);
+		if (err == -EAGAIN)
+			break;
+		if (err < 0) {
+			tpo_log(LOG_CRIT, "fatal: input ring is corrupt at %llu",
+				(unsigned long long)r->pos);
+			return err;
+		}
+		if (rec->type == TPO_MSG_PROMPT) {
+			err = take_prompt((struct tpo_rec *)rec, r->pos);
+			if (err < 0)
+				return err;
+		} else {
+			if (rec->type == TPO_MSG_CANCEL) {
+				struct job *j = find_job(rec->req_id);
+				if (j)
+					end_job(j);
+			}
+			err = tpo_stage_emit(&st, 0, rec->type, rec->req_id, rec->seq, rec->aux,
+					     tpo_rec_data(rec), rec->len);
+			if (err < 0)
+				return err;
+		}
+		tpo_ring_advance(r, rec);
+		n++;
+	}
+	return n;
+}
+
+/* Releases input up to the oldest job still running. */
+static void release_done(void)
+{
+	struct tpo_ring *r = &st.in[0];
+	uint64_t upto;
+
+	while (fifo_len && !jobs[fifo[fifo_head]].active) {
+		fifo_head = (fifo_head + 1) % njobs;
+		fifo_len--;
+	}
+	upto = fifo_len ? jobs[fifo[fifo_head]].pos : r->pos;
+	if (upto != atomic_load_explicit(&r->shm->tail, memory_order_relaxed))
+		tpo_ring_release_to(r, upto);
+}
+
+static uint64_t run_jobs(uint64_t now)
+{
+	uint64_t next = 0;
+
+	for (uint32_t i = 0; i < njobs; i++) {
+		struct job *j = &jobs[i];
+		if (!j->active)
+			continue;
+		if (j->w.deadline_ns && now >= j->w.deadline_ns) {
+			sink_fail(&j->w, 504, "the request's deadline passed during inference");
+			continue;
+		}
+		if (j->w.wake_ns && j->w.wake_ns <= now)
+			ops->poll(worker, &j->w, now);
+		if (!j->active)
+			continue;
+		if (j->w.wake_ns && (!next || j->w.wake_ns < next))
+			next = j->w.wake_ns;
+		if (j->w.deadline_ns && (!next || j->w.deadline_ns < next))
+			next = j->w.deadline_ns;
+	}
+	return next;
+}
+
+int main(int argc, char **argv)
+{
+	struct tpo_mock_params mp;
+	int rc = tpo_stage_init(&st, TPO_ST_INFER, argc, argv);
+
+	if (rc)
+		return rc;
+	if (st.cfg.stages.infer.worker != TPO_WORKER_MOCK) {
+		tpo_log(LOG_ERR, "fatal: stages.infer.worker: only \"mock\" is built in this "
+			"version (model server workers are not implemented yet)");
+		return 78;
+	}
+	mp.tokens_per_second = st.cfg.stages.infer.mock.tokens_per_second;
+	mp.max_tokens = st.cfg.stages.infer.mock.max_tokens;
+	mp.seed = st.cfg.stages.infer.mock.seed;
+	ops = &tpo_mock_ops;
+	worker = tpo_mock_create(&mp);
+	njobs = st.cfg.stages.infer.max_inflight;
+	jobs = calloc(njobs, sizeof(*jobs));
+	fifo = calloc(njobs, sizeof(*fifo));
+	if (!worker || !jobs || !fifo)
+		return 111;
+
+	while (!tpo_stage_stopping) {
+		uint64_t now = tpo_now_ns(), next;
+		int n = on_input(), timeout;
+
+		if (n < 0)
+			return 111;
+		next = run_jobs(now);
+		release_done();
+		tpo_stage_tick(&st);
+		if (n > 0)
+			continue;
+		now = tpo_now_ns();
+		if (next && next <= now)
+			continue;
+		timeout = TPO_STAGE_WAIT_MS;
+		if (next && (next - now) / 1000000 < (uint64_t)timeout)
+			timeout = (int)((next - now + 999999) / 1000000);
+		if (active >= njobs)
+			tpo_stage_stopping ? (void)0 : (void)tpo_ring_wait(NULL, 0, st.bell, 0, timeout);
+		else
+			tpo_stage_wait(&st, timeout);
+	}
+	/* Jobs still running at SIGTERM: the stream has gone already (drain is
+	 * upstream-first), so nobody waits for them. */
+	tpo_stage_fini(&st);
+	tpo_mock_destroy(worker);
+	return 0;
+}

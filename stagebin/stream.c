@@ -1,0 +1,811 @@
+/*
+ * tpo-stream — the front: an OpenAI-compatible HTTP/1.1 server (ingress) and
+ * the writer of every response (egress).
+ *
+ * One epoll loop per process: the HTTP layer's listener (SO_REUSEPORT, one
+ * per lane), connections and timer; our doorbell, rung when post_i (any
+ * lane) has records for us; a 20 ms timerfd for deadlines and heartbeats.
+ *
+ * A request is admitted to a lane (session hash, routed around lanes whose
+ * units are not running), written straight into the stream_j -> rag_i ring,
+ * and remembered here by request id until it ends. It ends exactly once:
+ * END (response complete), ERROR (status, or one SSE error event once
+ * streaming), deadline (504), shed (503), or client gone (CANCEL sent down
+ * the lane so every stage forgets it).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/random.h>
+#include <sys/timerfd.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <http_parser.h>
+
+#include "stagebin/http.h"
+#include "stagebin/openai.h"
+#include "stagebin/stage.h"
+#include "stagebin/textproc.h"
+#include "stagebin/metrics.h"
+
+#define TAG_BELL  (TPO_TAG_USER + 1)
+#define TAG_TICK  (TPO_TAG_USER + 2)
+#define TICK_MS   20
+#define OUT_MAX   (1 << 17)
+
+enum rstate { R_FREE = 0, R_QUEUED, R_INFER, R_STREAMING };
+
+struct sreq {
+	uint64_t id;
+	uint64_t conn;               /* tpo_http_conn_id */
+	int state;                   /* enum rstate */
+	int kind;                    /* TPO_OAI_CHAT / TPO_OAI_COMPLETION */
+	int stream;
+	int lane;
+	uint32_t last_seq;
+	uint32_t prompt_tokens;
+	uint64_t admitted_ns;
+	uint64_t deadline_ns;
+	int64_t created;
+	char model[TPO_MODEL_MAX];
+	char *body;                  /* non-streaming: the answer so far */
+	size_t body_len, body_cap;
+	struct sreq *prev, *next;    /* admission order, per lane */
+};
+
+static struct tpo_stage st;
+static struct tpo_http_server *srv;
+static int epfd, tickfd;
+static struct { uint32_t kind; } bell_tag = { TAG_BELL }, tick_tag = { TAG_TICK };
+
+static struct sreq *reqs;            /* open-addressing table by id */
+static uint32_t reqs_mask, nactive;
+static struct sreq lane_list[TPO_RINGSET_MAX_LANES]; /* sentinels */
+static uint32_t lane_active[TPO_RINGSET_MAX_LANES];
+static uint64_t id_counter, id_base;
+static int draining;
+static uint64_t drain_deadline_ns;
+static char out[OUT_MAX];
+static char api_keys[4096];
+static const char *oai_id_kind;
+
+/* ---- request table ----
+ *
+ * A request id names its slot: bits 0..19 slot, 20..55 a counter started at
+ * a random value per process incarnation (so a record for a request of a
+ * crashed predecessor never matches), 56..62 our lane (tpo_req_origin).
+ * Lookup is one comparison; slots are recycled through a free list.
+ */
+#define SLOT_BITS 20
+
+static uint32_t *free_slots, nfree;
+
+static struct sreq *req_find(uint64_t id)
+{
+	struct sreq *r;
+
+	if (tpo_req_origin(id) != st.lane)
+		return NULL;
+	r = &reqs[id & reqs_mask];
+	return (r->id == id && r->state != R_FREE) ? r : NULL;
+}
+
+static struct sreq *req_new(void)
+{
+	struct sreq *r;
+	uint32_t slot;
+	char *b;
+	size_t cap;
+
+	if (!nfree)
+		return NULL;
+	slot = free_slots[--nfree];
+	r = &reqs[slot];
+	b = r->body;
+	cap = r->body_cap;
+	memset(r, 0, sizeof(*r));
+	r->body = b;
+	r->body_cap = cap;
+	id_counter = (id_counter + 1) & ((1ull << 36) - 1);
+	r->id = ((uint64_t)st.lane << 56) | (id_counter << SLOT_BITS) | slot;
+	return r;
+}
+
+/* Ends our memory of r (the client has had, or will get, its answer). */
+static void req_free(struct sreq *r)
+{
+	r->prev->next = r->next;
+	r->next->prev = r->prev;
+	lane_active[r->lane]--;
+	nactive--;
+	tpo_stats_inflight(&st.stats, st.stage, st.lane, nactive);
+	atomic_store_explicit(&st.rs.load[st.lane][r->lane], lane_active[r->lane],
+			      memory_order_relaxed);
+	r->state = R_FREE;
+	free_slots[nfree++] = (uint32_t)(r - reqs);
+	if (r->body_cap > (1 << 20)) {
+		free(r->body);
+		r->body = NULL;
+		r->body_cap = 0;
+	}
+}
+
+/* ---- small helpers ---- */
+
+static void req_headers(char *buf, size_t cap, const struct sreq *r, const char *more)
+{
+	snprintf(buf, cap, "X-Request-Id: %016llx\r\nX-Tpo-Lane: %d\r\n%s",
+		 (unsigned long long)r->id, r->lane, more ? more : "");
+}
+
+static void count_status(int status)
+{
+	tpo_stats_count_status(&st.stats, st.stage, st.lane, status);
+}
+
+static void send_error(struct tpo_http_conn *c, int status, const char *msg,
+		       const char *extra)
+{
+	count_status(status);
+	tpo_http_error_ex(c, status, msg, extra);
+}
+
+static int send_cancel(struct sreq *r, uint32_t reason)
+{
+	struct tpo_msg_cancel m = { .reason = reason };
+	struct tpo_rec *rec;
+
+	/* A cancel must not block the front: if the lane's ring is full the
+	 * stages still see the request's deadline. */
+	if (tpo_ring_reserve(&st.out[r->lane], sizeof(m), &rec) < 0)
+		return -EAGAIN;
+	rec->type = TPO_MSG_CANCEL;
+	rec->req_id = r->id;
+	rec->aux = (uint32_t)st.lane;
+	rec->ts_ns = tpo_now_ns();
+	memcpy(tpo_rec_data(rec), &m, sizeof(m));
+	tpo_ring_commit(&st.out[r->lane]);
+	return 0;
+}
+
+/* Ends r with an error: an HTTP status, or one SSE error event once streaming. */
+static void req_fail(struct sreq *r, int status, const char *msg, const char *extra)
+{
+	struct tpo_http_conn *c = tpo_http_conn_lookup(srv, r->conn);
+	char hdr[256];
+	int n;
+
+	if (c) {
+		if (r->state == R_STREAMING) {
+			n = tpo_oai_error_event(out, sizeof(out), msg,
+				status >= 500 ? "server_error" : "invalid_request_error",
+				NULL, NULL);
+			if (n > 0)
+				tpo_http_stream_write(c, out, (size_t)n);
+			tpo_http_stream_end(c);
+			count_status(status);
+		} else {
+			req_headers(hdr, sizeof(hdr), r, extra);
+			send_error(c, status, msg, hdr);
+		}
+	}
+	if (status == 504)
+		tpo_stats_count_timeout(&st.stats, st.stage, st.lane, 1);
+	else
+		tpo_stats_count_error(&st.stats, st.stage, st.lane, 1);
+	req_free(r);
+}
+
+/* ---- admission ---- */
+
+static uint64_t hash64(const char *s, size_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ (uint8_t)s[i]) * 0x100000001b3ull;
+	return h ^ (h >> 29);
+}
+
+/* A lane can take requests when every stage unit of it is running. */
+static int lane_up(int lane)
+{
+	for (int s = 0; s < TPO_ST_COUNT; s++)
+		if (tpo_stats_unit_state(&st.stats, s, lane) != TPO_UNIT_RUNNING)
+			return 0;
+	return 1;
+}
+
+/* The session's lane, or the next healthy one; -1 if none is up. */
+static int pick_lane(uint64_t h)
+{
+	int first = (int)(h % (uint64_t)st.nlanes);
+
+	for (int i = 0; i < st.nlanes; i++) {
+		int l = (first + i) % st.nlanes;
+		if (lane_up(l))
+			return l;
+	}
+	return -1;
+}
+
+static int authorized(const struct tpo_http_req *req)
+{
+	const char *h, *p, *e;
+	size_t n;
+
+	if (!api_keys[0])
+		return 1;
+	h = tpo_http_header(req, "authorization");
+	if (!h || strncasecmp(h, "Bearer ", 7) != 0)
+		return 0;
+	h += 7;
+	n = strlen(h);
+	for (p = api_keys; *p; p = *e ? e + 1 : e) {
+		e = strchr(p, ',');
+		if (!e)
+			e = p + strlen(p);
+		if ((size_t)(e - p) == n && memcmp(p, h, n) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+/* X-Request-Timeout: milliseconds, or a number with "ms" or "s". */
+static int parse_timeout(const char *v, uint64_t *ns)
+{
+	char *e;
+	double d = strtod(v, &e);
+
+	if (e == v || d <= 0 || d > 86400000)
+		return -EINVAL;
+	while (*e == ' ')
+		e++;
+	if (*e == 's' && e[1] == 0)
+		d *= 1000;
+	else if (*e && strcmp(e, "ms") != 0)
+		return -EINVAL;
+	*ns = (uint64_t)(d * 1e6);
+	return 0;
+}
+
+/* Requests in flight in lane i, admitted by any front process. */
+static uint32_t lane_load(int lane)
+{
+	uint32_t n = lane_active[lane];
+
+	for (int j = 0; j < st.nlanes; j++)
+		if (j != st.lane)
+			n += atomic_load_explicit(&st.rs.load[j][lane], memory_order_relaxed);
+	return n;
+}
+
+/* drop_oldest: the oldest request of the lane not yet in inference. */
+static struct sreq *oldest_queued(int lane)
+{
+	for (struct sreq *r = lane_list[lane].next; r != &lane_list[lane]; r = r->next)
+		if (r->state == R_QUEUED)
+			return r;
+	return NULL;
+}
+
+static void admit(struct tpo_http_conn *c, struct tpo_http_req *req, int kind)
+{
+	static struct tpo_oai_req oai;
+	static char text[1 << 20];
+	const struct tpo_config_admission *adm = &st.cfg.admission;
+	struct tpo_msg_req *m;
+	struct tpo_rec *rec;
+	const char *sid, *h;
+	char err[256], hdr[256];
+	uint64_t now = tpo_now_ns(), timeout_ns, sh;
+	uint32_t stop_len = 0, len;
+	struct sreq *r;
+	int lane;
+
+	tpo_stats_count_in(&st.stats, st.stage, st.lane, 1);
+	if (draining) {
+		send_error(c, 503, "the server is shutting down", "Retry-After: 1\r\n");
+		return;
+	}
+	oai.text = text;
+	oai.text_cap = sizeof(text);
+	if (tpo_oai_parse(&oai, req->body, req->body_len, kind, err, sizeof(err)) < 0) {
+		send_error(c, 400, err, NULL);
+		return;
+	}
+	timeout_ns = (uint64_t)adm->request_timeout_ms * 1000000ull;
+	if ((h = tpo_http_header(req, "x-request-timeout")) && parse_timeout(h, &timeout_ns) < 0) {
+		send_error(c, 400, "X-Request-Timeout: expected milliseconds (e.g. 5000, 5000ms or 5s)", NULL);
+		return;
+	}
+	sid = tpo_http_header(req, "x-session-id");
+	if (sid && *sid)
+		sh = hash64(sid, strlen(sid));
+	else if (oai.user_len)
+		sh = hash64(oai.user, oai.user_len);
+	else
+		sh = hash64((const char *)&now, sizeof(now)) ^ (id_counter * 0x9e3779b97f4a7c15ull);
+	lane = pick_lane(sh);
+	if (lane < 0) {
+		tpo_stats_count_shed_reject(&st.stats, st.stage, st.lane, 1);
+		send_error(c, 503, "no pipeline lane is available (stages are restarting)",
+			   "Retry-After: 1\r\n");
+		return;
+	}
+	if (lane_load(lane) >= adm->max_inflight_per_lane) {
+		struct sreq *old = adm->policy == TPO_POLICY_DROP_OLDEST ? oldest_queued(lane) : NULL;
+		if (!old) {
+			snprintf(hdr, sizeof(hdr), "Retry-After: %u\r\n", adm->retry_after_s);
+			tpo_stats_count_shed_reject(&st.stats, st.stage, st.lane, 1);
+			send_error(c, 429, "too many requests in flight: try again later", hdr);
+			return;
+		}
+		tpo_stats_count_shed_drop_oldest(&st.stats, st.stage, st.lane, 1);
+		send_cancel(old, TPO_CANCEL_SHED);
+		req_fail(old, 503, "request shed under overload (drop_oldest)", "Retry-After: 1\r\n");
+	}
+	for (int i = 0; i < oai.nstop; i++)
+		stop_len += oai.stop_len[i] + 1;
+	if (oai.text_len + sizeof(*m) + stop_len > st.out[lane].max_len) {
+		char msg[160];
+		snprintf(msg, sizeof(msg), "request too large: %zu bytes of prompt exceed the "
+			 "record limit of %u bytes", oai.text_len, st.out[lane].max_len);
+		send_error(c, 413, msg, NULL);
+		return;
+	}
+	r = req_new();
+	if (!r) {
+		tpo_stats_count_shed_reject(&st.stats, st.stage, st.lane, 1);
+		send_error(c, 503, "too many requests in this front process", "Retry-After: 1\r\n");
+		return;
+	}
+	len = (uint32_t)(sizeof(*m) + oai.text_len + stop_len);
+	if (tpo_ring_reserve(&st.out[lane], len, &rec) < 0) {
+		/* The lane's input ring is full: shed rather than block the front. */
+		r->state = R_FREE;
+		free_slots[nfree++] = (uint32_t)(r - reqs);
+		tpo_stats_count_shed_reject(&st.stats, st.stage, st.lane, 1);
+		snprintf(hdr, sizeof(hdr), "Retry-After: %u\r\n", adm->retry_after_s);
+		send_error(c, 429, "pipeline lane is full: try again later", hdr);
+		return;
+	}
+	r->conn = tpo_http_conn_id(c);
+	r->state = R_QUEUED;
+	r->kind = kind;
+	r->stream = oai.stream;
+	r->lane = lane;
+	r->admitted_ns = now;
+	r->deadline_ns = now + timeout_ns;
+	r->created = (int64_t)time(NULL);
+	snprintf(r->model, sizeof(r->model), "%s", oai.model[0] ? oai.model : st.cfg.models[0]);
+	r->prev = lane_list[lane].prev;
+	r->next = &lane_list[lane];
+	r->prev->next = r;
+	lane_list[lane].prev = r;
+	lane_active[lane]++;
+	nactive++;
+	tpo_stats_inflight(&st.stats, st.stage, st.lane, nactive);
+	atomic_store_explicit(&st.rs.load[st.lane][lane], lane_active[lane],
+			      memory_order_relaxed);
+
+	rec->type = TPO_MSG_REQ;
+	rec->req_id = r->id;
+	rec->aux = (uint32_t)st.lane;
+	rec->ts_ns = now;
+	m = tpo_rec_data(rec);
+	memset(m, 0, sizeof(*m));
+	m->flags = (oai.stream ? TPO_REQF_STREAM : 0) | (kind == TPO_OAI_CHAT ? TPO_REQF_CHAT : 0) |
+		   (oai.include_usage ? TPO_REQF_INCLUDE_USAGE : 0);
+	m->max_tokens = oai.max_tokens;
+	m->deadline_ns = r->deadline_ns;
+	m->session_hash = sh;
+	m->seed = oai.has_seed ? (uint64_t)oai.seed : 0;
+	m->text_len = (uint32_t)oai.text_len;
+	m->stop_len = stop_len;
+	m->nstop = (uint32_t)oai.nstop;
+	memcpy(m->model, r->model, sizeof(m->model));
+	memcpy(tpo_msg_req_text(m), oai.text, oai.text_len);
+	{
+		char *p = tpo_msg_req_stops(m);
+		for (int i = 0; i < oai.nstop; i++) {
+			memcpy(p, oai.stop[i], oai.stop_len[i]);
+			p[oai.stop_len[i]] = 0;
+			p += oai.stop_len[i] + 1;
+		}
+	}
+	tpo_ring_commit(&st.out[lane]);
+	tpo_http_conn_set_user64(c, r->id);
+}
+
+/* ---- egress: records from post_i ---- */
+
+static void grow_body(struct sreq *r, size_t need)
+{
+	size_t cap = r->body_cap ? r->body_cap : 4096;
+	char *b;
+
+	while (cap < r->body_len + need)
+		cap *= 2;
+	if (cap == r->body_cap)
+		return;
+	b = realloc(r->body, cap);
+	if (!b)
+		return;
+	r->body = b;
+	r->body_cap = cap;
+}
+
+static void start_streaming(struct sreq *r, struct tpo_http_conn *c)
+{
+	char hdr[256];
+
+	req_headers(hdr, sizeof(hdr), r, "Cache-Control: no-cache\r\n");
+	tpo_http_stream_begin(c, 200, "text/event-stream", hdr);
+	r->state = R_STREAMING;
+}
+
+static void on_token(struct sreq *r, struct tpo_http_conn *c, const struct tpo_rec *rec)
+{
+	char id[48];
+	int n;
+
+	if (rec->seq <= r->last_seq)
+		return;              /* redelivered: already sent */
+	r->last_seq = rec->seq;
+	if (!r->stream) {
+		grow_body(r, rec->len);
+		if (r->body_len + rec->len <= r->body_cap) {
+			memcpy(r->body + r->body_len, tpo_rec_data(rec), rec->len);
+			r->body_len += rec->len;
+		}
+		return;
+	}
+	if (r->state != R_STREAMING)
+		start_streaming(r, c);
+	tpo_oai_make_id(id, sizeof(id), r->kind, r->id);
+	n = tpo_oai_chunk(out, sizeof(out), r->kind, id, r->created, r->model,
+			  tpo_rec_data(rec), rec->len, rec->seq == 1);
+	if (n > 0)
+		tpo_http_stream_write(c, out, (size_t)n);
+}
+
+static void on_end(struct sreq *r, struct tpo_http_conn *c, const struct tpo_rec *rec)
+{
+	const struct tpo_msg_end *e = rec->len >= sizeof(*e) ? tpo_rec_data(rec) : NULL;
+	const char *finish = e && e->finish == TPO_FINISH_LENGTH ? "length" : "stop";
+	uint32_t pt = e ? e->prompt_tokens : 0, ct = e ? e->completion_tokens : 0;
+	uint64_t now = tpo_now_ns();
+	char id[48], hdr[256];
+	int n;
+
+	tpo_oai_make_id(id, sizeof(id), r->kind, r->id);
+	if (r->stream) {
+		if (r->state != R_STREAMING)
+			start_streaming(r, c);
+		n = tpo_oai_final_chunk(out, sizeof(out), r->kind, id, r->created, r->model,
+					finish, pt, ct, 1);
+		if (n > 0)
+			tpo_http_stream_write(c, out, (size_t)n);
+		tpo_http_stream_write(c, TPO_OAI_DONE, TPO_OAI_DONE_LEN);
+		tpo_http_stream_end(c);
+	} else {
+		n = tpo_oai_full_response(out, sizeof(out), r->kind, id, r->created, r->model,
+					  r->body ? r->body : "", r->body_len, finish, pt, ct);
+		req_headers(hdr, sizeof(hdr), r, NULL);
+		if (n > 0)
+			tpo_http_respond(c, 200, "application/json", hdr, out, (size_t)n);
+		else
+			tpo_http_error_ex(c, 500, "response too large to encode", hdr);
+	}
+	count_status(200);
+	tpo_stats_count_out(&st.stats, st.stage, st.lane, 1);
+	tpo_stats_service(&st.stats, st.stage, st.lane, now - r->admitted_ns);
+	if (e && e->first_token_ns > r->admitted_ns)
+		tpo_stats_ttft(&st.stats, st.stage, st.lane, e->first_token_ns - r->admitted_ns);
+	req_free(r);
+}
+
+static void on_record(const struct tpo_rec *rec)
+{
+	struct sreq *r = req_find(rec->req_id);
+	struct tpo_http_conn *c;
+
+	if (!r)
+		return;               /* ended already (shed, deadline, client gone) */
+	c = tpo_http_conn_lookup(srv, r->conn);
+	if (!c) {
+		req_free(r);
+		return;
+	}
+	switch (rec->type) {
+	case TPO_MSG_BEGIN:
+		if (r->state == R_QUEUED)
+			r->state = R_INFER;
+		tpo_stats_queue_wait(&st.stats, st.stage, st.lane, tpo_now_ns() - r->admitted_ns);
+		break;
+	case TPO_MSG_TOKEN:
+		if (r->state == R_QUEUED)
+			r->state = R_INFER;
+		on_token(r, c, rec);
+		break;
+	case TPO_MSG_END:
+		on_end(r, c, rec);
+		break;
+	case TPO_MSG_ERROR: {
+		const struct tpo_msg_err *e = tpo_rec_data(rec);
+		char msg[512];
+		int status = 500;
+		size_t n = 0;
+		if (rec->len >= sizeof(*e)) {
+			status = e->status >= 400 && e->status <= 599 ? e->status : 500;
+			n = e->msg_len < rec->len - sizeof(*e) ? e->msg_len : rec->len - sizeof(*e);
+			if (n >= sizeof(msg))
+				n = sizeof(msg) - 1;
+			memcpy(msg, e + 1, n);
+		}
+		msg[n] = 0;
+		req_fail(r, status, n ? msg : "internal error", NULL);
+		break;
+	}
+	default:
+		break;
+	}
+}
+
+static int drain_rings(void)
+{
+	const struct tpo_rec *recs[64];
+	int total = 0;
+
+	for (int k = 0; k < st.nin; k++) {
+		struct tpo_ring *ring = &st.in[k];
+		int n = tpo_ring_peek_batch(ring, recs, 64);
+		if (n < 0) {
+			tpo_log(LOG_CRIT, "fatal: ring from post[%d] is corrupt", k);
+			return n;
+		}
+		for (int i = 0; i < n; i++)
+			on_record(recs[i]);
+		if (n)
+			tpo_ring_release(ring);
+		total += n;
+	}
+	return total;
+}
+
+/* ---- HTTP routes ---- */
+
+static void respond_json(struct tpo_http_conn *c, int status, const char *body, size_t n)
+{
+	count_status(status);
+	tpo_http_respond(c, status, "application/json", NULL, body, n);
+}
+
+static int ready(void)
+{
+	for (int l = 0; l < st.nlanes; l++)
+		if (lane_up(l))
+			return 1;
+	return 0;
+}
+
+static void on_request(struct tpo_http_conn *c, struct tpo_http_req *req, void *arg)
+{
+	const char *p = req->path;
+	int get = req->method == HTTP_GET || req->method == HTTP_HEAD;
+	int post = req->method == HTTP_POST;
+	int n;
+
+	(void)arg;
+	tpo_http_conn_set_user64(c, 0);
+	if (!strcmp(p, "/healthz")) {
+		if (!get)
+			return send_error(c, 405, "method not allowed: use GET", "Allow: GET, HEAD\r\n");
+		return respond_json(c, 200, "{\"status\":\"ok\"}\n", 16);
+	}
+	if (!strcmp(p, "/readyz")) {
+		if (!get)
+			return send_error(c, 405, "method not allowed: use GET", "Allow: GET, HEAD\r\n");
+		if (draining)
+			return respond_json(c, 503, "{\"status\":\"draining\"}\n", 22);
+		if (!ready())
+			return respond_json(c, 503, "{\"status\":\"no lane ready\"}\n", 27);
+		return respond_json(c, 200, "{\"status\":\"ready\"}\n", 19);
+	}
+	if (!strcmp(p, "/metrics")) {
+		if (!get)
+			return send_error(c, 405, "method not allowed: use GET", "Allow: GET, HEAD\r\n");
+		n = tpo_metrics_render(&st.stats, out, sizeof(out));
+		if (n < 0)
+			return send_error(c, 500, "metrics too large", NULL);
+		count_status(200);
+		tpo_http_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL,
+				 out, (size_t)n);
+		return;
+	}
+	if (!strncmp(p, "/v1/", 4) && !authorized(req))
+		return send_error(c, 401, "invalid or missing API key (Authorization: Bearer ...)",
+				  "WWW-Authenticate: Bearer\r\n");
+	if (!strcmp(p, "/v1/models")) {
+		const char *names[TPO_CONFIG_MODELS_MAX];
+		if (!get)
+			return send_error(c, 405, "method not allowed: use GET", "Allow: GET, HEAD\r\n");
+		for (int i = 0; i < st.cfg.nmodels; i++)
+			names[i] = st.cfg.models[i];
+		n = tpo_oai_models(out, sizeof(out), names, st.cfg.nmodels, 1700000000);
+		return respond_json(c, 200, out, n > 0 ? (size_t)n : 0);
+	}
+	if (!strcmp(p, "/v1/chat/completions") || !strcmp(p, "/v1/completions")) {
+		if (!post)
+			return send_error(c, 405, "method not allowed: use POST", "Allow: POST\r\n");
+		admit(c, req, p[4] == 'c' && p[5] == 'h' ? TPO_OAI_CHAT : TPO_OAI_COMPLETION);
+		return;
+	}
+	send_error(c, 404, "unknown path: see /v1/chat/completions, /v1/completions, "
+		   "/v1/models, /healthz, /readyz, /metrics", NULL);
+}
+
+/* Client gone: forget its request everywhere in the lane. */
+static void on_close(struct tpo_http_conn *c, void *arg)
+{
+	uint64_t id = tpo_http_conn_user64(c);
+	struct sreq *r;
+
+	(void)arg;
+	if (!id || !(r = req_find(id)))
+		return;
+	send_cancel(r, TPO_CANCEL_CLIENT);
+	req_free(r);
+}
+
+static void on_tick(void)
+{
+	uint64_t now = tpo_now_ns();
+
+	for (int l = 0; l < st.nlanes; l++) {
+		struct sreq *r = lane_list[l].next;
+		while (r != &lane_list[l]) {
+			struct sreq *nx = r->next;
+			if (now >= r->deadline_ns) {
+				send_cancel(r, TPO_CANCEL_DEADLINE);
+				req_fail(r, 504, "request timed out (deadline passed)", NULL);
+			}
+			r = nx;
+		}
+	}
+	if (draining && (nactive == 0 || now >= drain_deadline_ns)) {
+		for (int l = 0; l < st.nlanes; l++)
+			while (lane_list[l].next != &lane_list[l]) {
+				struct sreq *r = lane_list[l].next;
+				send_cancel(r, TPO_CANCEL_DEADLINE);
+				req_fail(r, 503, "the server shut down before this request finished", NULL);
+			}
+		tpo_stage_stopping = 2;
+	}
+	tpo_stage_tick(&st);
+}
+
+static int setup(void)
+{
+	const struct tpo_config_admission *adm = &st.cfg.admission;
+	struct tpo_http_callbacks cb = { .on_request = on_request, .on_close = on_close };
+	struct tpo_http_config hc;
+	struct itimerspec its = { { 0, TICK_MS * 1000000L }, { 0, TICK_MS * 1000000L } };
+	struct epoll_event ev = { .events = EPOLLIN };
+	uint32_t nslots = 1;
+	uint64_t rnd = 0;
+	int err;
+
+	while (nslots < adm->max_inflight_per_lane * (uint32_t)st.nlanes * 2 + 64 &&
+	       nslots < (1u << SLOT_BITS))
+		nslots <<= 1;
+	reqs = calloc(nslots, sizeof(*reqs));
+	free_slots = calloc(nslots, sizeof(*free_slots));
+	if (!reqs || !free_slots)
+		return -ENOMEM;
+	reqs_mask = nslots - 1;
+	for (uint32_t i = 0; i < nslots; i++)
+		free_slots[nfree++] = nslots - 1 - i;
+	if (getrandom(&rnd, sizeof(rnd), 0) < 0)
+		rnd = tpo_now_ns();
+	id_counter = rnd & ((1ull << 36) - 1);
+	(void)id_base;
+	(void)oai_id_kind;
+	for (int l = 0; l < TPO_RINGSET_MAX_LANES; l++)
+		atomic_store_explicit(&st.rs.load[st.lane][l], 0, memory_order_relaxed);
+	for (int l = 0; l < TPO_RINGSET_MAX_LANES; l++)
+		lane_list[l].next = lane_list[l].prev = &lane_list[l];
+	if (st.cfg.auth_api_keys_env[0]) {
+		const char *k = getenv(st.cfg.auth_api_keys_env);
+		if (!k || !*k) {
+			tpo_log(LOG_ERR, "fatal: auth.api_keys_env: environment variable %s is "
+				"not set or empty", st.cfg.auth_api_keys_env);
+			return -EINVAL;
+		}
+		snprintf(api_keys, sizeof(api_keys), "%s", k);
+	}
+
+	epfd = epoll_create1(EPOLL_CLOEXEC);
+	tickfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (epfd < 0 || tickfd < 0)
+		return -errno;
+	timerfd_settime(tickfd, 0, &its, NULL);
+	ev.data.ptr = &tick_tag;
+	epoll_ctl(epfd, EPOLL_CTL_ADD, tickfd, &ev);
+	ev.data.ptr = &bell_tag;
+	epoll_ctl(epfd, EPOLL_CTL_ADD, st.bell, &ev);
+
+	tpo_http_config_default(&hc);
+	hc.max_conns = adm->max_connections;
+	hc.max_headers = adm->max_headers;
+	hc.max_header_bytes = adm->max_header_bytes;
+	hc.max_body_bytes = adm->max_body_bytes;
+	hc.header_timeout_ms = adm->header_timeout_ms;
+	hc.idle_timeout_ms = adm->idle_timeout_ms;
+	err = tpo_http_create(&srv, epfd, &hc, &cb, NULL);
+	if (err < 0)
+		return err;
+	err = tpo_http_listen(srv, st.cfg.listen);
+	if (err < 0) {
+		tpo_log(LOG_ERR, "fatal: unable to listen on %s: %s", st.cfg.listen, strerror(-err));
+		return err;
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct epoll_event evs[64];
+	int rc = tpo_stage_init(&st, TPO_ST_STREAM, argc, argv), err;
+
+	if (rc)
+		return rc;
+	err = setup();
+	if (err < 0) {
+		if (err != -EINVAL)
+			tpo_log(LOG_ERR, "fatal: %s", strerror(-err));
+		return err == -EINVAL ? 78 : 111;
+	}
+	while (tpo_stage_stopping < 2) {
+		int n, busy;
+
+		if (tpo_stage_stopping && !draining) {
+			draining = 1;
+			drain_deadline_ns = tpo_now_ns() +
+				(uint64_t)st.cfg.drain_timeout_ms * 1000000ull;
+			tpo_http_stop_accepting(srv);
+			tpo_http_close_idle(srv);
+		}
+		busy = drain_rings();
+		if (busy < 0)
+			return 111;
+		/* Sleep only after announcing it on our input rings. */
+		if (busy || tpo_ring_sleep_begin(st.inp, st.nin)) {
+			n = epoll_wait(epfd, evs, 64, 0);
+		} else {
+			n = epoll_wait(epfd, evs, 64, TPO_STAGE_WAIT_MS);
+			tpo_ring_sleep_end(st.inp, st.nin);
+		}
+		for (int i = 0; i < n; i++) {
+			struct tpo_http_tag *t = evs[i].data.ptr;
+			if (tpo_http_tag_ours(t)) {
+				tpo_http_on_event(srv, &evs[i]);
+			} else if (t->kind == TAG_BELL) {
+				tpo_bell_drain(st.bell);
+			} else if (t->kind == TAG_TICK) {
+				uint64_t x;
+				if (read(tickfd, &x, sizeof(x)) > 0)
+					on_tick();
+			}
+		}
+		/* Commit-on-demand: requests and cancels were committed as written. */
+	}
+	tpo_http_destroy(srv);
+	tpo_stage_fini(&st);
+	return 0;
+}

@@ -1,0 +1,246 @@
+/*
+ * test_json.c — workers/json.c: validation positions, escape/unescape,
+ * token helpers.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "workers/json.h"
+
+static int unesc(const char *s, char *dst, size_t cap)
+{
+	return tpo_json_unescape(s, strlen(s), dst, cap);
+}
+
+Test(json, unescape_simple)
+{
+	char b[64];
+
+	cr_assert_eq(unesc("plain", b, sizeof(b)), 5);
+	cr_assert_str_eq(b, "plain");
+	cr_assert_eq(unesc("a\\\"b\\\\c\\/d", b, sizeof(b)), 7);
+	cr_assert_str_eq(b, "a\"b\\c/d");
+	cr_assert_eq(unesc("\\b\\f\\n\\r\\t", b, sizeof(b)), 5);
+	cr_assert_str_eq(b, "\b\f\n\r\t");
+	cr_assert_eq(unesc("", b, sizeof(b)), 0);
+	cr_assert_str_eq(b, "");
+}
+
+Test(json, unescape_unicode)
+{
+	char b[64];
+
+	cr_assert_eq(unesc("\\u0041", b, sizeof(b)), 1);
+	cr_assert_str_eq(b, "A");
+	cr_assert_eq(unesc("\\u00e9", b, sizeof(b)), 2);
+	cr_assert_str_eq(b, "\xc3\xa9");
+	cr_assert_eq(unesc("\\u20AC", b, sizeof(b)), 3);
+	cr_assert_str_eq(b, "\xe2\x82\xac");
+	cr_assert_eq(unesc("x\\ud83d\\ude00y", b, sizeof(b)), 6);   /* U+1F600 */
+	cr_assert_str_eq(b, "x\xf0\x9f\x98\x80y");
+	cr_assert_eq(unesc("\\uDBFF\\uDFFF", b, sizeof(b)), 4);     /* U+10FFFF */
+	cr_assert(memcmp(b, "\xf4\x8f\xbf\xbf", 5) == 0);
+	cr_assert_eq(unesc("a\\u0000b", b, sizeof(b)), 3);          /* NUL inside */
+	cr_assert(memcmp(b, "a\0b", 4) == 0);
+}
+
+Test(json, unescape_errors)
+{
+	char b[64];
+
+	cr_assert_eq(unesc("\\x", b, sizeof(b)), -EINVAL);
+	cr_assert_eq(unesc("abc\\", b, sizeof(b)), -EINVAL);
+	cr_assert_eq(unesc("\\u12", b, sizeof(b)), -EINVAL);
+	cr_assert_eq(unesc("\\u12g4", b, sizeof(b)), -EINVAL);
+	cr_assert_eq(unesc("\\ud800", b, sizeof(b)), -EINVAL);          /* lone high */
+	cr_assert_eq(unesc("\\ud800x", b, sizeof(b)), -EINVAL);
+	cr_assert_eq(unesc("\\ud800\\u0041", b, sizeof(b)), -EINVAL);   /* high + non-low */
+	cr_assert_eq(unesc("\\udc00", b, sizeof(b)), -EINVAL);          /* lone low */
+	cr_assert_eq(unesc("abcd", b, 4), -ENOSPC);                    /* no room for NUL */
+	cr_assert_eq(unesc("abcd", b, 5), 4);
+	cr_assert_eq(unesc("\\u20ac", b, 3), -ENOSPC);
+	cr_assert_eq(unesc("\\u20ac", b, 4), 3);
+}
+
+Test(json, escape)
+{
+	char b[64];
+	size_t n;
+
+	n = tpo_json_escape("a\"b\\c", 5, b, sizeof(b));
+	cr_assert_eq(n, 7);
+	cr_assert_str_eq(b, "a\\\"b\\\\c");
+	n = tpo_json_escape("\n\r\t\b\f\x01\x1f", 7, b, sizeof(b));
+	cr_assert_str_eq(b, "\\n\\r\\t\\b\\f\\u0001\\u001f");
+	cr_assert_eq(n, strlen(b));
+	n = tpo_json_escape("\0x", 2, b, sizeof(b));
+	cr_assert_str_eq(b, "\\u0000x");
+	cr_assert_eq(n, 7);
+	/* UTF-8 and '/' pass through. */
+	n = tpo_json_escape("caf\xc3\xa9/", 6, b, sizeof(b));
+	cr_assert_str_eq(b, "caf\xc3\xa9/");
+	cr_assert_eq(n, 6);
+}
+
+Test(json, escape_truncates_whole_escapes)
+{
+	char b[5];
+	size_t n;
+
+	cr_assert_eq(tpo_json_escape("ab\"cd", 5, NULL, 0), 6);
+	n = tpo_json_escape("ab\"cd", 5, b, sizeof(b));
+	cr_assert_eq(n, 6);
+	cr_assert_str_eq(b, "ab\\\"");
+	n = tpo_json_escape("a\x01", 2, b, sizeof(b));   /* "\u0001" does not fit after "a" */
+	cr_assert_eq(n, 7);
+	cr_assert_str_eq(b, "a");
+}
+
+Test(json, escape_unescape_roundtrip)
+{
+	char src[256], esc[2048], back[256];
+	size_t n;
+	int i, r;
+
+	for (i = 0; i < 255; i++)
+		src[i] = (char)(i + 1);   /* every byte but NUL; bytes >= 0x80 pass through */
+	n = tpo_json_escape(src, 255, esc, sizeof(esc));
+	cr_assert_lt(n, sizeof(esc));
+	r = tpo_json_unescape(esc, n, back, sizeof(back));
+	cr_assert_eq(r, 255);
+	cr_assert(memcmp(src, back, 255) == 0);
+}
+
+static void bad(const char *js, size_t off, const char *msg)
+{
+	struct tpo_json_error e;
+
+	cr_assert_eq(tpo_json_validate(js, strlen(js), &e), -EINVAL, "accepted: %s", js);
+	cr_assert_eq(e.off, off, "%s: off %zu, want %zu (%s)", js, e.off, off, e.msg);
+	cr_assert_str_eq(e.msg, msg);
+}
+
+Test(json, validate_good)
+{
+	static const char *const ok[] = {
+		"{}", "[]", " {\"a\": [1, -2.5e+3, 0, true, false, null, \"x\\u00e9\"]}\n",
+		"\"s\"", "0", "-0.0E-1", "[[[]]]", "{\"a\":{\"b\":{}}}", "\"\xe2\x82\xac\"",
+	};
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+		cr_assert_eq(tpo_json_validate(ok[i], strlen(ok[i]), NULL), 0, "%s", ok[i]);
+}
+
+Test(json, validate_errors)
+{
+	bad("", 0, "unexpected end of input, expected a value");
+	bad("{\"a\" 1}", 5, "unexpected '1', expected ':'");
+	bad("{\"a\": 1 \"b\": 2}", 8, "unexpected '\"', expected ',' or '}'");
+	bad("[1 2]", 3, "unexpected '2', expected ',' or ']'");
+	bad("[1,]", 3, "trailing comma before ']'");
+	bad("{\"a\":1,}", 7, "trailing comma before '}'");
+	bad("{1: 2}", 1, "unexpected '1', expected a string key");
+	bad("{\"a\": tru}", 6, "invalid value 'tru' (strings need double quotes)");
+	bad("{\"a\": 1.}", 6, "invalid number");
+	bad("{\"a\": -}", 6, "invalid number");
+	bad("{\"a\": 1x}", 6, "invalid number");
+	bad("\"a\tb\"", 2, "control character in string (write it as an escape)");
+	bad("\"\\q\"", 1, "invalid escape in string");
+	bad("\"\\u12x4\"", 1, "invalid \\u escape (4 hex digits expected)");
+	bad("\"\xc0\xaf\"", 1, "invalid UTF-8 in string");           /* overlong */
+	bad("\"\xed\xa0\x80\"", 1, "invalid UTF-8 in string");       /* surrogate */
+	bad("\"\xe2\x82\"", 1, "invalid UTF-8 in string");           /* truncated */
+	bad("\"abc", 0, "unterminated string");
+	bad("{} x", 3, "unexpected data after the JSON value");
+	bad("[1] ]", 4, "unexpected data after the JSON value");
+	bad("\xef\xbb\xbf{}", 0, "byte order mark not allowed (save the file as UTF-8 without BOM)");
+	bad("{\"a\": @}", 6, "unexpected '@', expected a value");
+	bad("{\"a\": \x01}", 6, "unexpected byte 0x01, expected a value");
+}
+
+Test(json, validate_depth)
+{
+	char js[2 * TPO_JSON_DEPTH_MAX + 8];
+	size_t i;
+
+	for (i = 0; i < TPO_JSON_DEPTH_MAX; i++) {
+		js[i] = '[';
+		js[2 * TPO_JSON_DEPTH_MAX - 1 - i] = ']';
+	}
+	cr_assert_eq(tpo_json_validate(js, 2 * TPO_JSON_DEPTH_MAX, NULL), 0);
+	memmove(js + 1, js, 2 * TPO_JSON_DEPTH_MAX);
+	js[0] = '[';
+	js[2 * TPO_JSON_DEPTH_MAX + 1] = ']';
+	cr_assert_eq(tpo_json_validate(js, 2 * TPO_JSON_DEPTH_MAX + 2, NULL), -EINVAL);
+}
+
+Test(json, linecol)
+{
+	static const char js[] = "ab\n\xc3\xa9x\n";
+	int l, c;
+
+	tpo_json_linecol(js, sizeof(js) - 1, 0, &l, &c);
+	cr_assert(l == 1 && c == 1);
+	tpo_json_linecol(js, sizeof(js) - 1, 3, &l, &c);
+	cr_assert(l == 2 && c == 1);
+	tpo_json_linecol(js, sizeof(js) - 1, 5, &l, &c);   /* 'x' after a 2-byte char */
+	cr_assert(l == 2 && c == 2, "%d:%d", l, c);
+	tpo_json_linecol(js, sizeof(js) - 1, 100, &l, &c); /* clamped to the end */
+	cr_assert(l == 3 && c == 1);
+}
+
+Test(json, tokenize_and_helpers)
+{
+	static const char js[] = "{\"a\": [1, {\"x\": 2}], \"b\": true, \"c\": -9223372036854775808, "
+				 "\"d\": \"s\\n\", \"e\": null, \"f\": 9223372036854775808, \"g\": 1.0}";
+	jsmntok_t *t;
+	int64_t v;
+	bool bv;
+	char s[8];
+	int n, i;
+
+	n = tpo_json_tokenize(js, strlen(js), &t, NULL);
+	cr_assert_gt(n, 0);
+	cr_assert_eq(t[0].type, JSMN_OBJECT);
+	cr_assert_eq(t[0].size, 7);
+	cr_assert(tpo_json_tok_eq(js, &t[1], "a"));
+	cr_assert(!tpo_json_tok_eq(js, &t[1], "ab"));
+	/* Skipping key "a" passes its whole array value. */
+	i = tpo_json_skip(t, n, 1);
+	cr_assert(tpo_json_tok_eq(js, &t[i], "b"), "skip landed on %d", i);
+	cr_assert_eq(tpo_json_get_bool(js, &t[i + 1], &bv), 0);
+	cr_assert(bv);
+	cr_assert_eq(tpo_json_get_bool(js, &t[i], &bv), -EINVAL);
+	i = tpo_json_skip(t, n, i);
+	cr_assert_eq(tpo_json_get_int64(js, &t[i + 1], &v), 0);
+	cr_assert_eq(v, INT64_MIN);
+	i = tpo_json_skip(t, n, i);
+	cr_assert_eq(tpo_json_get_string(js, &t[i + 1], s, sizeof(s)), 2);
+	cr_assert_str_eq(s, "s\n");
+	cr_assert_eq(tpo_json_get_int64(js, &t[i + 1], &v), -EINVAL);
+	i = tpo_json_skip(t, n, i);
+	cr_assert(tpo_json_is_null(js, &t[i + 1]));
+	i = tpo_json_skip(t, n, i);
+	cr_assert_eq(tpo_json_get_int64(js, &t[i + 1], &v), -ERANGE);
+	i = tpo_json_skip(t, n, i);
+	cr_assert_eq(tpo_json_get_int64(js, &t[i + 1], &v), -EINVAL);
+	cr_assert_eq(tpo_json_skip(t, n, i), n);
+	cr_assert_eq(tpo_json_skip(t, n, 0), n);
+	cr_assert_eq(tpo_json_skip(t, n, n), -EINVAL);
+	free(t);
+}
+
+Test(json, tokenize_rejects_what_jsmn_accepts)
+{
+	struct tpo_json_error e;
+	jsmntok_t *t = (jsmntok_t *)1;
+
+	/* Non-strict jsmn takes bare words and missing commas; we do not. */
+	cr_assert_eq(tpo_json_tokenize("{\"a\": b}", 8, &t, &e), -EINVAL);
+	cr_assert_null(t);
+	cr_assert_eq(e.off, 6);
+	cr_assert_eq(tpo_json_tokenize("[1 2]", 5, &t, &e), -EINVAL);
+	cr_assert_eq(e.off, 3);
+}

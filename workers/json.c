@@ -1,0 +1,573 @@
+/*
+ * json.c — strict JSON validation, jsmn tokenizing, escape/unescape.
+ */
+#include "workers/json.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- validation ------------------------------------------------------ */
+
+struct vstate {
+	const unsigned char *s;
+	size_t len, pos;
+	struct tpo_json_error *err;
+};
+
+static int vfail(struct vstate *v, size_t pos, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int vfail(struct vstate *v, size_t pos, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (v->err) {
+		v->err->off = pos;
+		va_start(ap, fmt);
+		vsnprintf(v->err->msg, sizeof(v->err->msg), fmt, ap);
+		va_end(ap);
+	}
+	return -EINVAL;
+}
+
+static void vws(struct vstate *v)
+{
+	while (v->pos < v->len) {
+		unsigned char c = v->s[v->pos];
+		if (c != ' ' && c != '\t' && c != '\n' && c != '\r')
+			break;
+		v->pos++;
+	}
+}
+
+static int is_hex(unsigned char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+static int is_word(unsigned char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+	       c == '_' || c == '.' || c == '+' || c == '-';
+}
+
+/* Length of the valid UTF-8 sequence at s[0..n), or 0. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+	unsigned char c = s[0];
+	size_t k, i;
+	unsigned char lo = 0x80, hi = 0xbf;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf)
+		k = 2;
+	else if (c >= 0xe0 && c <= 0xef)
+		k = 3;
+	else if (c >= 0xf0 && c <= 0xf4)
+		k = 4;
+	else
+		return 0;
+	if (n < k)
+		return 0;
+	if (c == 0xe0)
+		lo = 0xa0;
+	else if (c == 0xed)
+		hi = 0x9f;   /* no UTF-16 surrogates */
+	else if (c == 0xf0)
+		lo = 0x90;
+	else if (c == 0xf4)
+		hi = 0x8f;   /* <= U+10FFFF */
+	if (s[1] < lo || s[1] > hi)
+		return 0;
+	for (i = 2; i < k; i++)
+		if (s[i] < 0x80 || s[i] > 0xbf)
+			return 0;
+	return k;
+}
+
+static int vstring(struct vstate *v)
+{
+	size_t start = v->pos++;
+
+	for (;;) {
+		unsigned char c;
+		size_t k;
+
+		if (v->pos >= v->len)
+			return vfail(v, start, "unterminated string");
+		c = v->s[v->pos];
+		if (c == '"') {
+			v->pos++;
+			return 0;
+		}
+		if (c == '\\') {
+			if (v->pos + 1 >= v->len)
+				return vfail(v, start, "unterminated string");
+			c = v->s[v->pos + 1];
+			if (c && strchr("\"\\/bfnrt", c)) {
+				v->pos += 2;
+				continue;
+			}
+			if (c != 'u')
+				return vfail(v, v->pos, "invalid escape in string");
+			for (k = 2; k < 6; k++)
+				if (v->pos + k >= v->len || !is_hex(v->s[v->pos + k]))
+					return vfail(v, v->pos, "invalid \\u escape (4 hex digits expected)");
+			v->pos += 6;
+			continue;
+		}
+		if (c < 0x20)
+			return vfail(v, v->pos, "control character in string (write it as an escape)");
+		k = utf8_seq(v->s + v->pos, v->len - v->pos);
+		if (k == 0)
+			return vfail(v, v->pos, "invalid UTF-8 in string");
+		v->pos += k;
+	}
+}
+
+static int vnumber(struct vstate *v)
+{
+	size_t start = v->pos, p = v->pos;
+	const unsigned char *s = v->s;
+	size_t n = v->len;
+
+	if (p < n && s[p] == '-')
+		p++;
+	if (p < n && s[p] == '0') {
+		p++;
+	} else if (p < n && s[p] >= '1' && s[p] <= '9') {
+		while (p < n && s[p] >= '0' && s[p] <= '9')
+			p++;
+	} else {
+		goto bad;
+	}
+	if (p < n && s[p] == '.') {
+		p++;
+		if (!(p < n && s[p] >= '0' && s[p] <= '9'))
+			goto bad;
+		while (p < n && s[p] >= '0' && s[p] <= '9')
+			p++;
+	}
+	if (p < n && (s[p] == 'e' || s[p] == 'E')) {
+		p++;
+		if (p < n && (s[p] == '+' || s[p] == '-'))
+			p++;
+		if (!(p < n && s[p] >= '0' && s[p] <= '9'))
+			goto bad;
+		while (p < n && s[p] >= '0' && s[p] <= '9')
+			p++;
+	}
+	if (p < n && is_word(s[p]))
+		goto bad;
+	v->pos = p;
+	return 0;
+bad:
+	return vfail(v, start, "invalid number");
+}
+
+/* A bare word: true, false, null, or an error naming it. */
+static int vword(struct vstate *v)
+{
+	size_t start = v->pos, p = v->pos, n;
+
+	while (p < v->len && is_word(v->s[p]))
+		p++;
+	n = p - start;
+	if ((n == 4 && !memcmp(v->s + start, "true", 4)) ||
+	    (n == 5 && !memcmp(v->s + start, "false", 5)) ||
+	    (n == 4 && !memcmp(v->s + start, "null", 4))) {
+		v->pos = p;
+		return 0;
+	}
+	if (n > 40)
+		n = 40;
+	return vfail(v, start, "invalid value '%.*s' (strings need double quotes)",
+		     (int)n, (const char *)v->s + start);
+}
+
+static int vunexpected(struct vstate *v, const char *what)
+{
+	unsigned char c;
+
+	if (v->pos >= v->len)
+		return vfail(v, v->pos, "unexpected end of input, expected %s", what);
+	c = v->s[v->pos];
+	if (c >= 0x21 && c < 0x7f)
+		return vfail(v, v->pos, "unexpected '%c', expected %s", c, what);
+	return vfail(v, v->pos, "unexpected byte 0x%02x, expected %s", c, what);
+}
+
+static int vvalue(struct vstate *v, int depth)
+{
+	unsigned char c;
+	int r;
+
+	vws(v);
+	if (v->pos >= v->len)
+		return vunexpected(v, "a value");
+	c = v->s[v->pos];
+	if (c == '{' || c == '[') {
+		unsigned char close = c == '{' ? '}' : ']';
+
+		if (depth >= TPO_JSON_DEPTH_MAX)
+			return vfail(v, v->pos, "nesting deeper than %d levels", TPO_JSON_DEPTH_MAX);
+		v->pos++;
+		vws(v);
+		if (v->pos < v->len && v->s[v->pos] == close) {
+			v->pos++;
+			return 0;
+		}
+		for (;;) {
+			if (c == '{') {
+				vws(v);
+				if (v->pos >= v->len || v->s[v->pos] != '"') {
+					if (v->pos < v->len && v->s[v->pos] == '}')
+						return vfail(v, v->pos, "trailing comma before '}'");
+					return vunexpected(v, "a string key");
+				}
+				if ((r = vstring(v)) < 0)
+					return r;
+				vws(v);
+				if (v->pos >= v->len || v->s[v->pos] != ':')
+					return vunexpected(v, "':'");
+				v->pos++;
+			} else {
+				vws(v);
+				if (v->pos < v->len && v->s[v->pos] == ']')
+					return vfail(v, v->pos, "trailing comma before ']'");
+			}
+			if ((r = vvalue(v, depth + 1)) < 0)
+				return r;
+			vws(v);
+			if (v->pos < v->len && v->s[v->pos] == ',') {
+				v->pos++;
+				continue;
+			}
+			if (v->pos < v->len && v->s[v->pos] == close) {
+				v->pos++;
+				return 0;
+			}
+			return vunexpected(v, c == '{' ? "',' or '}'" : "',' or ']'");
+		}
+	}
+	if (c == '"')
+		return vstring(v);
+	if (c == '-' || (c >= '0' && c <= '9'))
+		return vnumber(v);
+	if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_')
+		return vword(v);
+	return vunexpected(v, "a value");
+}
+
+int tpo_json_validate(const char *js, size_t len, struct tpo_json_error *err)
+{
+	struct vstate v = { (const unsigned char *)js, len, 0, err };
+	int r;
+
+	if (len >= 3 && !memcmp(js, "\xef\xbb\xbf", 3))
+		return vfail(&v, 0, "byte order mark not allowed (save the file as UTF-8 without BOM)");
+	if ((r = vvalue(&v, 0)) < 0)
+		return r;
+	vws(&v);
+	if (v.pos < len)
+		return vfail(&v, v.pos, "unexpected data after the JSON value");
+	return 0;
+}
+
+int tpo_json_tokenize(const char *js, size_t len, jsmntok_t **toks, struct tpo_json_error *err)
+{
+	jsmn_parser p;
+	jsmntok_t *t;
+	int n, r;
+
+	*toks = NULL;
+	if (len > INT_MAX)
+		return -EFBIG;
+	r = tpo_json_validate(js, len, err);
+	if (r < 0)
+		return r;
+	jsmn_init(&p);
+	n = jsmn_parse(&p, js, len, NULL, 0);
+	if (n <= 0)
+		goto err_jsmn;
+	t = calloc((size_t)n, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	jsmn_init(&p);
+	r = jsmn_parse(&p, js, len, t, (unsigned)n);
+	if (r != n) {
+		free(t);
+		goto err_jsmn;
+	}
+	*toks = t;
+	return n;
+err_jsmn:
+	/* Unreachable after validation; kept so a jsmn quirk is an error, not a crash. */
+	if (err) {
+		err->off = 0;
+		snprintf(err->msg, sizeof(err->msg), "jsmn rejected the input");
+	}
+	return -EINVAL;
+}
+
+void tpo_json_linecol(const char *js, size_t len, size_t off, int *line, int *col)
+{
+	int l = 1, c = 1;
+	size_t i;
+
+	if (off > len)
+		off = len;
+	for (i = 0; i < off; i++) {
+		unsigned char ch = (unsigned char)js[i];
+		if (ch == '\n') {
+			l++;
+			c = 1;
+		} else if ((ch & 0xc0) != 0x80) {
+			c++;
+		}
+	}
+	*line = l;
+	*col = c;
+}
+
+/* ---- strings --------------------------------------------------------- */
+
+static int hex4(const char *s, size_t n, unsigned *out)
+{
+	unsigned v = 0;
+	size_t i;
+
+	if (n < 4)
+		return -EINVAL;
+	for (i = 0; i < 4; i++) {
+		unsigned char c = (unsigned char)s[i];
+		v <<= 4;
+		if (c >= '0' && c <= '9')
+			v |= c - '0';
+		else if (c >= 'a' && c <= 'f')
+			v |= c - 'a' + 10;
+		else if (c >= 'A' && c <= 'F')
+			v |= c - 'A' + 10;
+		else
+			return -EINVAL;
+	}
+	*out = v;
+	return 0;
+}
+
+static size_t utf8_put(unsigned cp, char *o)
+{
+	if (cp < 0x80) {
+		o[0] = (char)cp;
+		return 1;
+	}
+	if (cp < 0x800) {
+		o[0] = (char)(0xc0 | (cp >> 6));
+		o[1] = (char)(0x80 | (cp & 0x3f));
+		return 2;
+	}
+	if (cp < 0x10000) {
+		o[0] = (char)(0xe0 | (cp >> 12));
+		o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+		o[2] = (char)(0x80 | (cp & 0x3f));
+		return 3;
+	}
+	o[0] = (char)(0xf0 | (cp >> 18));
+	o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+	o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+	o[3] = (char)(0x80 | (cp & 0x3f));
+	return 4;
+}
+
+int tpo_json_unescape(const char *src, size_t len, char *dst, size_t cap)
+{
+	size_t i = 0, o = 0;
+
+	while (i < len) {
+		char tmp[4];
+		size_t n;
+		unsigned cp, lo;
+
+		if (src[i] != '\\') {
+			if (o + 1 >= cap)
+				return -ENOSPC;
+			dst[o++] = src[i++];
+			continue;
+		}
+		if (i + 1 >= len)
+			return -EINVAL;
+		switch (src[i + 1]) {
+		case '"': tmp[0] = '"'; break;
+		case '\\': tmp[0] = '\\'; break;
+		case '/': tmp[0] = '/'; break;
+		case 'b': tmp[0] = '\b'; break;
+		case 'f': tmp[0] = '\f'; break;
+		case 'n': tmp[0] = '\n'; break;
+		case 'r': tmp[0] = '\r'; break;
+		case 't': tmp[0] = '\t'; break;
+		case 'u':
+			break;
+		default:
+			return -EINVAL;
+		}
+		if (src[i + 1] != 'u') {
+			n = 1;
+			i += 2;
+		} else {
+			if (hex4(src + i + 2, len - i - 2, &cp) < 0)
+				return -EINVAL;
+			i += 6;
+			if (cp >= 0xdc00 && cp <= 0xdfff)
+				return -EINVAL;           /* low surrogate first */
+			if (cp >= 0xd800 && cp <= 0xdbff) {
+				if (i + 6 > len || src[i] != '\\' || src[i + 1] != 'u' ||
+				    hex4(src + i + 2, len - i - 2, &lo) < 0 ||
+				    lo < 0xdc00 || lo > 0xdfff)
+					return -EINVAL;   /* unpaired high surrogate */
+				i += 6;
+				cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+			}
+			n = utf8_put(cp, tmp);
+		}
+		if (o + n >= cap)
+			return -ENOSPC;
+		memcpy(dst + o, tmp, n);
+		o += n;
+	}
+	if (o >= cap)
+		return -ENOSPC;
+	dst[o] = '\0';
+	return (int)o;
+}
+
+size_t tpo_json_escape(const char *src, size_t len, char *dst, size_t cap)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t i, need = 0, o = 0;
+	int full = cap == 0;
+
+	for (i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)src[i];
+		char tmp[6];
+		size_t n = 2;
+
+		tmp[0] = '\\';
+		switch (c) {
+		case '"': tmp[1] = '"'; break;
+		case '\\': tmp[1] = '\\'; break;
+		case '\n': tmp[1] = 'n'; break;
+		case '\r': tmp[1] = 'r'; break;
+		case '\t': tmp[1] = 't'; break;
+		case '\b': tmp[1] = 'b'; break;
+		case '\f': tmp[1] = 'f'; break;
+		default:
+			if (c < 0x20) {
+				memcpy(tmp + 1, "u00", 3);
+				tmp[4] = hex[c >> 4];
+				tmp[5] = hex[c & 15];
+				n = 6;
+			} else {
+				tmp[0] = (char)c;
+				n = 1;
+			}
+		}
+		need += n;
+		if (!full && o + n < cap) {
+			memcpy(dst + o, tmp, n);
+			o += n;
+		} else {
+			full = 1;
+		}
+	}
+	if (cap > 0)
+		dst[o] = '\0';
+	return need;
+}
+
+/* ---- tokens ---------------------------------------------------------- */
+
+int tpo_json_tok_eq(const char *js, const jsmntok_t *t, const char *s)
+{
+	size_t n = strlen(s);
+
+	return t->end >= t->start && (size_t)(t->end - t->start) == n &&
+	       memcmp(js + t->start, s, n) == 0;
+}
+
+int tpo_json_skip(const jsmntok_t *toks, int ntoks, int i)
+{
+	int pending = 1;
+
+	if (i < 0 || i >= ntoks)
+		return -EINVAL;
+	while (pending > 0) {
+		if (i >= ntoks)
+			return -EINVAL;
+		pending += toks[i].size - 1;
+		i++;
+	}
+	return i;
+}
+
+int tpo_json_get_int64(const char *js, const jsmntok_t *t, int64_t *out)
+{
+	const char *s = js + t->start;
+	int n = t->end - t->start, i = 0, neg = 0;
+	uint64_t v = 0, lim;
+
+	if (t->type != JSMN_PRIMITIVE || n <= 0)
+		return -EINVAL;
+	if (s[0] == '-') {
+		neg = 1;
+		i = 1;
+	}
+	if (i >= n)
+		return -EINVAL;
+	lim = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+	for (; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -EINVAL;
+		if (v > (lim - (uint64_t)(s[i] - '0')) / 10)
+			goto range;
+		v = v * 10 + (uint64_t)(s[i] - '0');
+	}
+	*out = neg ? (int64_t)(0 - v) : (int64_t)v;
+	return 0;
+range:
+	/* Still report a non-integer as -EINVAL, not -ERANGE. */
+	for (; i < n; i++)
+		if (s[i] < '0' || s[i] > '9')
+			return -EINVAL;
+	return -ERANGE;
+}
+
+int tpo_json_get_bool(const char *js, const jsmntok_t *t, bool *out)
+{
+	if (t->type != JSMN_PRIMITIVE)
+		return -EINVAL;
+	if (tpo_json_tok_eq(js, t, "true")) {
+		*out = true;
+		return 0;
+	}
+	if (tpo_json_tok_eq(js, t, "false")) {
+		*out = false;
+		return 0;
+	}
+	return -EINVAL;
+}
+
+int tpo_json_is_null(const char *js, const jsmntok_t *t)
+{
+	return t->type == JSMN_PRIMITIVE && tpo_json_tok_eq(js, t, "null");
+}
+
+int tpo_json_get_string(const char *js, const jsmntok_t *t, char *dst, size_t cap)
+{
+	if (t->type != JSMN_STRING || t->end < t->start)
+		return -EINVAL;
+	return tpo_json_unescape(js + t->start, (size_t)(t->end - t->start), dst, cap);
+}

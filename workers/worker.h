@@ -1,0 +1,63 @@
+/*
+ * worker.h — the interface between the infer stage and a model worker.
+ *
+ * The infer stage owns jobs (one per request in inference) and the loop; a
+ * worker turns a job's prompt into tokens. A worker calls back into the
+ * stage through struct tpo_job_sink as tokens arrive; it never touches rings.
+ *
+ * Which process may call: only the infer process that owns the jobs, from
+ * its single thread.
+ */
+#ifndef TPO_WORKER_H
+#define TPO_WORKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct tpo_job;
+
+struct tpo_job_sink {
+	/* A token's text (any bytes). Returns 0, or -errno to abort the job. */
+	int (*token)(struct tpo_job *job, const char *text, size_t len);
+	/* The job ended well: finish is enum tpo_finish (proto.h). */
+	void (*done)(struct tpo_job *job, int finish);
+	/* The job ended with an HTTP status and message for the client. */
+	void (*fail)(struct tpo_job *job, int status, const char *msg);
+};
+
+struct tpo_job {
+	uint64_t req_id;
+	const char *prompt;          /* valid until the job ends */
+	size_t prompt_len;
+	uint32_t max_tokens;         /* 0: the worker's default */
+	uint64_t deadline_ns;        /* 0: none */
+	uint64_t seed;
+	const char *model;
+	void *worker_state;          /* the worker's per-job data */
+	uint64_t wake_ns;            /* when the worker wants poll() again, 0: not */
+	const struct tpo_job_sink *sink;
+	void *owner;                 /* the infer stage's per-job data */
+};
+
+struct tpo_worker_ops {
+	const char *name;
+	/* Starts generating; may emit tokens at once. 0 or -errno. */
+	int (*start)(void *w, struct tpo_job *job);
+	/* Makes progress on every started job whose wake_ns has passed. */
+	void (*poll)(void *w, struct tpo_job *job, uint64_t now_ns);
+	/* Stops a job (client gone, deadline): no callbacks afterwards. */
+	void (*cancel)(void *w, struct tpo_job *job);
+};
+
+/* The built-in mock model worker (workers/mock.c). */
+struct tpo_mock_params {
+	uint32_t tokens_per_second;  /* 0: as fast as possible */
+	uint32_t max_tokens;         /* tokens per answer unless the prompt says */
+	int64_t seed;
+};
+
+extern const struct tpo_worker_ops tpo_mock_ops;
+void *tpo_mock_create(const struct tpo_mock_params *p);
+void tpo_mock_destroy(void *w);
+
+#endif
