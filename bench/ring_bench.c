@@ -156,7 +156,9 @@ static void ring_produce(void *mem, int bell_c, int bell_p, uint32_t size, int b
 		h->type = TPO_REC_USER;
 		memcpy(tpo_rec_data(h), src, size);
 		i++;
-		if (++pending == per) {
+		/* Per batch: every BATCH records or every eighth of the ring,
+		 * so that large records still overlap the two sides. */
+		if (++pending == per || (uint64_t)pending * size >= CAP / 8) {
 			tpo_ring_commit(&r);
 			pending = 0;
 		}
@@ -170,16 +172,20 @@ static void ring_produce(void *mem, int bell_c, int bell_p, uint32_t size, int b
 }
 
 /* Returns records per second, from the first record to the end marker. */
-static double ring_consume(void *mem, int bell_c, int bell_p, int batch)
+static double ring_consume(void *mem, int bell_c, int bell_p, uint32_t size, int batch)
 {
 	static uint8_t dst[MAX_LEN];
 	struct tpo_ring r, *set[1] = { &r };
 	const struct tpo_rec *v[256];
 	uint64_t n = 0, t0 = 0;
+	/* A batch is at most an eighth of the ring, so that large records
+	 * still overlap the two sides. */
+	uint64_t fit = CAP / 8 / tpo_rec_size(size);
+	int max = !batch ? 1 : fit > 256 ? 256 : fit < 1 ? 1 : (int)fit;
 
 	tpo_ring_open_consumer(&r, mem, bell_p);
 	for (;;) {
-		int k = tpo_ring_peek_batch(&r, v, batch ? 256 : 1);
+		int k = tpo_ring_peek_batch(&r, v, max);
 
 		if (k <= 0) {
 			if (k < 0)
@@ -218,7 +224,7 @@ static double tp_ring(uint32_t size, int batch, int cpu_p, int cpu_c)
 		_exit(0);
 	}
 	pin(cpu_c);
-	rate = ring_consume(mem, bc, bp, batch);
+	rate = ring_consume(mem, bc, bp, size, batch);
 	reap(pid);
 	close(bc);
 	close(bp);
@@ -376,6 +382,10 @@ static struct lat lat_fd(int sock, int cpu_a, int cpu_b, uint64_t *samples)
 	if (pid == 0) {
 		int rd = sock ? a[1] : a[0], wr = sock ? a[1] : b[1];
 
+		/* Our copies of the parent's ends would hide its EOF. */
+		close(sock ? a[0] : a[1]);
+		if (!sock)
+			close(b[0]);
 		while (readn(rd, msg, sizeof(msg)) > 0)
 			if (writen(wr, msg, sizeof(msg)) < 0)
 				break;

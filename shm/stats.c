@@ -24,13 +24,20 @@
 #define LD(p)     atomic_load_explicit((p), memory_order_relaxed)
 #define ST(p, v)  atomic_store_explicit((p), (v), memory_order_relaxed)
 
-_Static_assert((int)TPO_UNIT_STOPPED == (int)TPO_FSM_STOPPED && (int)TPO_UNIT_RUNNING == (int)TPO_FSM_RUNNING &&
-	       (int)TPO_UNIT_BACKOFF == (int)TPO_FSM_BACKOFF && (int)TPO_UNIT_OPEN == (int)TPO_FSM_OPEN &&
-	       (int)TPO_UNIT_HALF_OPEN == (int)TPO_FSM_HALF_OPEN && (int)TPO_UNIT_FAILED == (int)TPO_FSM_FAILED &&
-	       (int)TPO_UNIT_STOPPING == (int)TPO_FSM_STOPPING, "unit states = fsm states");
-_Static_assert((int)TPO_STAGE_STREAM == (int)TPO_ST_STREAM && (int)TPO_STAGE_RAG == (int)TPO_ST_RAG &&
-	       (int)TPO_STAGE_ASSEMBLE == (int)TPO_ST_ASSEMBLE && (int)TPO_STAGE_INFER == (int)TPO_ST_INFER &&
-	       (int)TPO_STAGE_POST == (int)TPO_ST_POST, "stats stages = ringset stages");
+/* fsm.h promises its first six states are these values (they are cast). */
+#define SAME(a, b) ((int)(a) == (int)(b))
+_Static_assert(SAME(TPO_UNIT_STOPPED, TPO_FSM_STOPPED) &&
+	       SAME(TPO_UNIT_RUNNING, TPO_FSM_RUNNING) &&
+	       SAME(TPO_UNIT_BACKOFF, TPO_FSM_BACKOFF) &&
+	       SAME(TPO_UNIT_OPEN, TPO_FSM_OPEN) &&
+	       SAME(TPO_UNIT_HALF_OPEN, TPO_FSM_HALF_OPEN) &&
+	       SAME(TPO_UNIT_FAILED, TPO_FSM_FAILED) &&
+	       SAME(TPO_UNIT_STOPPING, TPO_FSM_STOPPING), "unit states = fsm states");
+_Static_assert(SAME(TPO_STAGE_STREAM, TPO_ST_STREAM) && SAME(TPO_STAGE_RAG, TPO_ST_RAG) &&
+	       SAME(TPO_STAGE_ASSEMBLE, TPO_ST_ASSEMBLE) &&
+	       SAME(TPO_STAGE_INFER, TPO_ST_INFER) && SAME(TPO_STAGE_POST, TPO_ST_POST),
+	       "stats stages = ringset stages");
+#undef SAME
 
 static uint64_t clock_ns(clockid_t c)
 {

@@ -4,7 +4,8 @@
  * by tpo-top and /metrics.
  *
  * /tpo.<instance>.stats, kind TPO_SEG_STATS, version TPO_STATS_VERSION,
- * fixed size (3990848 bytes; pages never written stay unallocated):
+ * fixed size (3990848 bytes, mostly histograms; tmpfs allocates a page
+ * only when it is first touched):
  *
  *   offset   size          field
  *   0        64            struct tpo_seg_hdr (seg.h)

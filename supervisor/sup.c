@@ -70,6 +70,8 @@ struct sup {
 	int draining;             /* 0 running; else the stage now being stopped + 1 */
 	uint64_t phase_deadline_ms;
 	uint64_t watchdog_usec;
+	uint64_t last_watchdog_ms, last_status_ms, last_req_in;
+	int ready_sent;
 	uint64_t rng;
 	char bindir[PATH_MAX];
 	pid_t self;
@@ -174,6 +176,8 @@ static void child_exec(struct sup *s, struct unit *u)
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() != s->self)
 		_exit(TPO_EX_SYSTEM);
+	/* Only the supervisor talks to systemd. */
+	unsetenv("NOTIFY_SOCKET");
 	err = tpo_topology_pin(u->cpu);
 	if (err < 0)
 		logmsg(LOG_WARNING, "%s[%d]: unable to pin to cpu %d: %s",
@@ -383,6 +387,61 @@ static int drain_progress(struct sup *s)
 	return drain_progress(s);
 }
 
+/* A unit is ready once its current process has claimed its stats slot. */
+static int unit_ready(struct sup *s, struct unit *u)
+{
+	struct tpo_proc_snapshot p;
+
+	return u->pid > 0 && u->fsm.state == TPO_FSM_RUNNING &&
+	       tpo_stats_read_proc(&s->stats, u->stage, u->lane, &p) == 0 &&
+	       p.child_pid == u->pid;
+}
+
+/* READY=1 once every stage has a ready process; STATUS= each second. */
+static void notify_status(struct sup *s, uint64_t t)
+{
+	int lanes_ready = 0, open = 0, all = 1;
+	uint64_t in = 0;
+
+	if (s->draining || (s->ready_sent && t - s->last_status_ms < 1000))
+		return;
+	for (int l = 0; l < s->nlanes; l++) {
+		int lane_ok = 1;
+		for (int st = 0; st < TPO_ST_COUNT; st++) {
+			struct unit *u = &s->units[st][l];
+			if (!unit_ready(s, u))
+				lane_ok = 0;
+			if (u->fsm.state == TPO_FSM_OPEN || u->fsm.state == TPO_FSM_HALF_OPEN)
+				open++;
+		}
+		lanes_ready += lane_ok;
+		all &= lane_ok;
+	}
+	for (int st = 0; st < TPO_ST_COUNT; st++) {
+		int ok = 0;
+		for (int l = 0; l < s->nlanes; l++)
+			ok |= unit_ready(s, &s->units[st][l]);
+		if (!ok)
+			all = 0;
+	}
+	for (int l = 0; l < s->nlanes; l++) {
+		struct tpo_proc_snapshot p;
+		if (tpo_stats_read_proc(&s->stats, TPO_ST_STREAM, l, &p) == 0)
+			in += p.req_in;
+	}
+	if (!s->ready_sent && !all)
+		return;
+	sd_notifyf(0, "%sSTATUS=%d/%d lanes ready, %d circuits open, %llu req/s",
+		   s->ready_sent ? "" : "READY=1\n", lanes_ready, s->nlanes, open,
+		   (unsigned long long)(s->last_status_ms && t > s->last_status_ms ?
+			(in - s->last_req_in) * 1000 / (t - s->last_status_ms) : 0));
+	if (!s->ready_sent)
+		logmsg(LOG_NOTICE, "ready: every stage has a running process");
+	s->ready_sent = 1;
+	s->last_status_ms = t;
+	s->last_req_in = in;
+}
+
 static void on_tick(struct sup *s)
 {
 	uint64_t t = now_ms();
@@ -414,8 +473,12 @@ static void on_tick(struct sup *s)
 			}
 		}
 	}
-	if (s->watchdog_usec)
+	tpo_stats_heartbeat(&s->stats, TPO_STATS_SUPERVISOR, 0, tns);
+	if (s->watchdog_usec && (t - s->last_watchdog_ms) * 2000 >= s->watchdog_usec) {
+		s->last_watchdog_ms = t;
 		sd_notify(0, "WATCHDOG=1");
+	}
+	notify_status(s, t);
 }
 
 static void reload(struct sup *s)
@@ -595,8 +658,7 @@ int tpo_sup_run(const struct tpo_config *cfg, const char *config_path)
 	}
 	logmsg(LOG_NOTICE, "instance '%s' running: %d lane(s) on cpu(s) %d%s, listening on http://%s",
 	       s->name, s->nlanes, s->cpus[0], s->nlanes > 1 ? "..." : "", cfg->listen);
-	sd_notifyf(0, "READY=1\nSTATUS=serving on %s, %d lanes\nMAINPID=%d",
-		   cfg->listen, s->nlanes, (int)getpid());
+	sd_notifyf(0, "STATUS=starting %d lanes\nMAINPID=%d", s->nlanes, (int)getpid());
 
 	for (;;) {
 		n = epoll_wait(s->epfd, evs, 32, -1);

@@ -131,6 +131,7 @@ Test(hist, error_bound_narrow_and_heavy_tail)
 	for (size_t i = 0; i < n; i++)
 		v[i] = 100 + rnd(&s) % 28;
 	check_quantiles(v, n, "sub-128ns");
+	free(v);
 }
 
 Test(hist, extremes)
@@ -155,6 +156,7 @@ Test(hist, extremes)
 	cr_assert_eq(tpo_hist_count_le(h, 0), 3, "first bucket holds 0, 1, 100");
 	cr_assert_eq(tpo_hist_count_le(h, 1000000000000ull), 5);
 	cr_assert_eq(tpo_hist_count_le(h, 50000000000ull), 3);
+	free(h);
 }
 
 Test(hist, empty)

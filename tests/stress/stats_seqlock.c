@@ -170,7 +170,6 @@ out:
 static int run_procs(double secs)
 {
 	struct tpo_stats st, rd;
-	struct tpo_stats_sup_info v = { .pid = 0 };
 	struct tpo_proc_snapshot p;
 	struct tally t = { 0 };
 	uint64_t end;
@@ -218,11 +217,10 @@ out_kill:
 		goto out_close;
 	}
 	/* The replacement writer's first write makes the group readable. */
-	v.pid = (int32_t)t.last + 1000;
-	v.restarts = (uint32_t)v.pid;
-	tpo_stats_sup_set(&st, STAGE, LANE, &v);
+	write_one(&st, (uint32_t)t.last + 1000, 1);
 	if (tpo_stats_ep_claim(&st, LANE, 0, "after", "http://h/after") != slot ||
-	    tpo_stats_read_proc(&rd, STAGE, LANE, &p) != 0 || p.pid != v.pid ||
+	    tpo_stats_read_proc(&rd, STAGE, LANE, &p) != 0 ||
+	    p.pid != (int32_t)t.last + 1000 ||
 	    check_one(&rd, &(struct tally){ 0 }, slot) != 0) {
 		fprintf(stderr, "slot not recovered after the writer's death\n");
 		rc = 1;
