@@ -571,3 +571,55 @@ int tpo_json_get_string(const char *js, const jsmntok_t *t, char *dst, size_t ca
 		return -EINVAL;
 	return tpo_json_unescape(js + t->start, (size_t)(t->end - t->start), dst, cap);
 }
+
+int tpo_json_find(const char *js, const jsmntok_t *toks, int ntoks, int root,
+		  const char *path)
+{
+	int i = root;
+
+	if (root < 0 || root >= ntoks)
+		return -EINVAL;
+	while (*path) {
+		const char *dot = strchr(path, '.');
+		size_t n = dot ? (size_t)(dot - path) : strlen(path);
+		char seg[64];
+		int k, found = -1;
+
+		if (n == 0 || n >= sizeof(seg))
+			return -EINVAL;
+		memcpy(seg, path, n);
+		seg[n] = 0;
+		if (toks[i].type == JSMN_OBJECT) {
+			k = i + 1;
+			for (int m = 0; m < toks[i].size && k < ntoks; m++) {
+				if (toks[k].type == JSMN_STRING && tpo_json_tok_eq(js, &toks[k], seg)) {
+					found = k + 1;
+					break;
+				}
+				k = tpo_json_skip(toks, ntoks, k);
+				if (k < 0)
+					return -EINVAL;
+			}
+		} else if (toks[i].type == JSMN_ARRAY) {
+			char *e;
+			long want = strtol(seg, &e, 10);
+			if (*e || want < 0)
+				return -ENOENT;
+			k = i + 1;
+			for (int m = 0; m < toks[i].size && k < ntoks; m++) {
+				if (m == want) {
+					found = k;
+					break;
+				}
+				k = tpo_json_skip(toks, ntoks, k);
+				if (k < 0)
+					return -EINVAL;
+			}
+		}
+		if (found < 0 || found >= ntoks)
+			return -ENOENT;
+		i = found;
+		path += n + (dot ? 1 : 0);
+	}
+	return i;
+}

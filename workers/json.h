@@ -96,4 +96,13 @@ int tpo_json_is_null(const char *js, const jsmntok_t *t);
  */
 int tpo_json_get_string(const char *js, const jsmntok_t *t, char *dst, size_t cap);
 
+/*
+ * Index of the value at path below toks[root]: dot-separated object keys and
+ * array indexes ("choices.0.delta.content"; keys compared raw, at most 63
+ * bytes). Returns the token index, -ENOENT if absent, -EINVAL for a bad
+ * root, path or token array. Tokens must come from tpo_json_tokenize.
+ */
+int tpo_json_find(const char *js, const jsmntok_t *toks, int ntoks, int root,
+		  const char *path);
+
 #endif
