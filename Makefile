@@ -50,6 +50,7 @@ BENCH_BIN  := $(BENCH_SRC:%.c=$(BUILD)/%)
 ALL := $(LIB) $(SUP_BIN) $(STAGE_BIN) $(TOOL_BIN) $(PLUGINS) $(UNIT_BIN) $(STRESS_BIN) $(BENCH_BIN)
 
 .PHONY: all run test unit asan tsan bench clean
+.SECONDARY:
 all: $(ALL)
 
 $(BUILD)/obj/%.o: %.c
@@ -84,10 +85,14 @@ run: all
 
 # Every test: unit and integration (Criterion), then stress programs, then
 # the whole again under ASan+UBSan.  tests/run prints "N passed, N failed".
+TALLY := $(CURDIR)/build/test-tally
 test: all
 	./tools/install-deps --test
-	./tests/run $(BUILD)
-	$(MAKE) --no-print-directory asan
+	@rm -f $(TALLY)
+	TPO_TALLY=$(TALLY) ./tests/run $(BUILD)
+	TPO_TALLY=$(TALLY) $(MAKE) --no-print-directory asan
+	TPO_TALLY=$(TALLY) $(MAKE) --no-print-directory tsan
+	@awk '{p += $$1; f += $$2} END {printf "total: %d passed, %d failed\n", p, f}' $(TALLY)
 
 unit: all
 	./tests/run $(BUILD)

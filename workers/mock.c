@@ -197,4 +197,5 @@ const struct tpo_worker_ops tpo_mock_ops = {
 	.start = mock_start,
 	.poll = mock_poll,
 	.cancel = mock_cancel,
+	.destroy = tpo_mock_destroy,
 };

@@ -7,6 +7,19 @@
  *
  * Which process may call: only the infer process that owns the jobs, from
  * its single thread.
+ *
+ * Two kinds of worker. A timer-driven one (mock, plugin) only has start,
+ * poll and cancel: the stage calls poll() once a job's wake_ns has passed.
+ * An event-driven one (the HTTP workers) also has drive() and wait(): the
+ * stage calls drive() every loop round to make progress on its sockets, and
+ * when it has nothing else to do it sleeps in wait(), which watches the
+ * worker's sockets and the stage's input doorbell together.
+ *
+ * Callbacks: sink->token may be called from inside drive() or poll() (also
+ * from inside a transfer callback); sink->done and sink->fail only from
+ * start(), poll() or drive() outside any transfer callback, because they end
+ * the job and the stage then calls cancel(), which frees the worker's job
+ * state. A worker must not touch the job after done() or fail().
  */
 #ifndef TPO_WORKER_H
 #define TPO_WORKER_H
@@ -37,6 +50,8 @@ struct tpo_job {
 	uint64_t wake_ns;            /* when the worker wants poll() again, 0: not */
 	const struct tpo_job_sink *sink;
 	void *owner;                 /* the infer stage's per-job data */
+	uint64_t session_hash;       /* stable per conversation (endpoint choice) */
+	uint32_t flags;              /* TPO_REQF_* of the request (proto.h) */
 };
 
 struct tpo_worker_ops {
@@ -45,9 +60,29 @@ struct tpo_worker_ops {
 	int (*start)(void *w, struct tpo_job *job);
 	/* Makes progress on every started job whose wake_ns has passed. */
 	void (*poll)(void *w, struct tpo_job *job, uint64_t now_ns);
-	/* Stops a job (client gone, deadline): no callbacks afterwards. */
+	/* Stops a job (client gone, deadline) or releases an ended one: no
+	 * callbacks afterwards. Called exactly once for every started job. */
 	void (*cancel)(void *w, struct tpo_job *job);
+	/* Event-driven workers (NULL otherwise): non-blocking progress on every
+	 * transfer, delivering callbacks. */
+	void (*drive)(void *w, uint64_t now_ns);
+	/* Sleeps until a worker socket is ready, bell (an eventfd, -1: none) is
+	 * readable, or timeout_ms passes. 0 or -errno. */
+	int (*wait)(void *w, int bell, int timeout_ms);
+	/* Releases the worker (every job cancelled first). */
+	void (*destroy)(void *w);
 };
+
+struct tpo_config_infer;
+struct tpo_stats;
+
+/*
+ * Creates the worker stages.infer.worker names: *ops and *w. stats and lane
+ * say where endpoint states go (stats may be NULL). On failure returns
+ * -errno and writes a message naming the problem into err[0..errcap).
+ */
+int tpo_worker_create(const struct tpo_config_infer *cfg, struct tpo_stats *stats, int lane,
+		      const struct tpo_worker_ops **ops, void **w, char *err, size_t errcap);
 
 /* The built-in mock model worker (workers/mock.c). */
 struct tpo_mock_params {

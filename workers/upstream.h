@@ -1,0 +1,104 @@
+/*
+ * upstream.h — the HTTP model worker engine (upstream.c) and the protocol
+ * modules it drives (proto_openai.c, proto_llamacpp.c, proto_tgi.c,
+ * proto_anthropic.c).
+ *
+ * The engine owns everything that is the same for every model server:
+ * libcurl multi transfers on the infer loop, endpoint choice, circuit
+ * breakers, timeouts, retries, error mapping, SSE framing and stats. A
+ * protocol only says how a request looks and what an event means:
+ *
+ *   request()  the path (appended to the endpoint URL), headers and JSON body
+ *   event()    one SSE event of a streamed answer
+ *   body()     a whole non-streamed answer
+ *
+ * event() and body() report through tpo_up_token() and tpo_up_end(); a
+ * protocol error (an error event, garbage JSON) is tpo_up_error().
+ */
+#ifndef TPO_UPSTREAM_H
+#define TPO_UPSTREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <curl/curl.h>
+
+#include "workers/json.h"
+#include "workers/worker.h"
+
+/* A growable byte buffer; the holder frees p. */
+struct tpo_buf {
+	char *p;
+	size_t len, cap;
+};
+
+int tpo_buf_put(struct tpo_buf *b, const void *s, size_t n);
+int tpo_buf_str(struct tpo_buf *b, const char *s);
+/* A JSON string literal, quotes included. */
+int tpo_buf_json_str(struct tpo_buf *b, const char *s, size_t n);
+int tpo_buf_printf(struct tpo_buf *b, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+void tpo_buf_free(struct tpo_buf *b);
+
+/* What a protocol needs to build one request. */
+struct tpo_up_req {
+	const char *prompt;
+	size_t prompt_len;
+	const char *model;           /* endpoint's model, else the request's; may be "" */
+	uint32_t max_tokens;         /* 0: the server's default */
+	uint64_t seed;
+	uint64_t session_hash;
+	int stream;                  /* ask for a streamed answer */
+	int chat;                    /* a chat request (else a plain completion) */
+	const char *api_key;         /* NULL: none */
+};
+
+struct tpo_up_call;   /* one request in flight (opaque to protocols) */
+
+struct tpo_proto {
+	const char *name;
+	/* Fills path (e.g. "/v1/chat/completions"), extra headers and the JSON
+	 * body. 0 or -errno. */
+	int (*request)(const struct tpo_up_req *r, char *path, size_t pathcap,
+		       struct curl_slist **headers, struct tpo_buf *body);
+	/* One SSE event. 0 or -errno (the same as tpo_up_error). */
+	int (*event)(struct tpo_up_call *c, const char *name, const char *data, size_t len);
+	/* A whole non-streamed 2xx body. 0 or -errno. */
+	int (*body)(struct tpo_up_call *c, const char *data, size_t len);
+};
+
+extern const struct tpo_proto tpo_proto_openai;
+extern const struct tpo_proto tpo_proto_llamacpp;
+extern const struct tpo_proto tpo_proto_tgi;
+extern const struct tpo_proto tpo_proto_anthropic;
+
+/* Forwards a token's text. 0, or -errno: return it from event()/body(). */
+int tpo_up_token(struct tpo_up_call *c, const char *text, size_t len);
+/* The answer is complete (finish: enum tpo_finish); later events are ignored. */
+void tpo_up_end(struct tpo_up_call *c, int finish);
+/* The finish reason seen so far, for streams that end without a marker. */
+void tpo_up_finish_hint(struct tpo_up_call *c, int finish);
+/* An error inside a 2xx answer. status 0: the engine picks (502). Returns -EPROTO. */
+int tpo_up_error(struct tpo_up_call *c, int status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/*
+ * Protocol helpers: the string at path below the root of js (tokens toks,
+ * see tpo_json_find) unescaped into a fresh scratch buffer of the call.
+ * Returns its length and sets *out, -ENOENT if absent or not a string, or
+ * -errno.
+ */
+int tpo_up_json_str(struct tpo_up_call *c, const char *js, const jsmntok_t *toks,
+		    int ntoks, const char *path, const char **out);
+
+/* A finish_reason / stop_reason word into enum tpo_finish. */
+int tpo_up_finish_of(const char *reason);
+
+/* Engine creation for worker "openai" etc. (tpo_worker_create calls it). */
+struct tpo_config_infer;
+struct tpo_stats;
+extern const struct tpo_worker_ops tpo_upstream_ops;
+int tpo_upstream_create(const struct tpo_config_infer *cfg, const struct tpo_proto *proto,
+			struct tpo_stats *stats, int lane, void **w, char *err, size_t errcap);
+
+#endif
