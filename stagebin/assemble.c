@@ -60,9 +60,7 @@ static int on_record(struct tpo_stage *st, int in, const struct tpo_rec *rec)
 	/* Shrink the reservation to what the prompt took. */
 	tpo_ring_shrink(&st->out[0], out, tpo_msg_req_size(o));
 	tpo_ring_commit(&st->out[0]);
-	tpo_stats_count_in(&st->stats, st->stage, st->lane, 1);
-	tpo_stats_count_out(&st->stats, st->stage, st->lane, 1);
-	tpo_stats_service(&st->stats, st->stage, st->lane, tpo_now_ns() - rec->ts_ns);
+	tpo_stage_passed(st);
 	return 0;
 }
 

@@ -335,7 +335,12 @@ int tpo_stage_run(struct tpo_stage *st, tpo_stage_fn *fn)
 						"request quarantined: it was in flight when this "
 						"pipeline stage crashed repeatedly");
 				} else {
+					uint64_t t0 = tpo_now_ns();
+					tpo_stats_queue_wait(&st->stats, st->stage, st->lane,
+							     t0 - rec->ts_ns);
 					err = fn(st, k, rec);
+					tpo_stats_service(&st->stats, st->stage, st->lane,
+							  tpo_now_ns() - t0);
 				}
 				if (err < 0) {
 					if (err == -ECANCELED)

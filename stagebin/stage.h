@@ -97,6 +97,13 @@ static inline int tpo_stats_unit_state(const struct tpo_stats *s, int stage, int
 		(int)atomic_load_explicit(&s->shm->proc[i].sup.state, memory_order_relaxed);
 }
 
+/* One request in and out (a pass-through stage's counters). */
+static inline void tpo_stage_passed(struct tpo_stage *st)
+{
+	tpo_stats_count_in(&st->stats, st->stage, st->lane, 1);
+	tpo_stats_count_out(&st->stats, st->stage, st->lane, 1);
+}
+
 /* Ends a request downstream with an HTTP status and message. */
 int tpo_stage_emit_error(struct tpo_stage *st, int k, uint64_t req_id, uint32_t aux,
 			 int status, const char *msg);
@@ -106,7 +113,8 @@ int tpo_stage_wait(struct tpo_stage *st, int timeout_ms);
 
 /*
  * Runs the loop of a one-record-at-a-time stage: for each input record,
- * calls fn, then releases it. fn returns 0, or -errno to stop the stage
+ * calls fn, then releases it. Records queue wait (enqueue to dequeue) and
+ * service time (fn's run) of every record in the stats segment. fn returns 0, or -errno to stop the stage
  * (exit code 111). A corrupt input ring stops the stage too.
  */
 typedef int tpo_stage_fn(struct tpo_stage *st, int in, const struct tpo_rec *rec);
