@@ -4,6 +4,7 @@
  * Exit codes: 0 ok, 64 usage, 78 configuration, 111 system.
  */
 #include <errno.h>
+#include <signal.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,10 @@ static const char usage_text[] =
 "         drain and stop a running instance\n"
 "  status [--name NAME]\n"
 "         print every stage x lane: pid, state, restarts\n"
+"  reset  [--name NAME]\n"
+"         restart units that failed (exit 78) or whose circuit is open\n"
+"  reload [--name NAME]\n"
+"         re-read the configuration file (same as SIGHUP)\n"
 "  check  -c FILE [--dump]\n"
 "         validate a configuration, print every problem (or, with --dump,\n"
 "         the effective configuration)\n"
@@ -141,7 +146,8 @@ int main(int argc, char **argv)
 		}
 		return 0;
 	}
-	if (!strcmp(cmd, "stop") || !strcmp(cmd, "status")) {
+	if (!strcmp(cmd, "stop") || !strcmp(cmd, "status") || !strcmp(cmd, "reset") ||
+	    !strcmp(cmd, "reload")) {
 		if (!name) {
 			if ((rc = load(&cfg, path)))
 				return rc;
@@ -149,6 +155,10 @@ int main(int argc, char **argv)
 		}
 		if (!strcmp(cmd, "stop"))
 			return tpo_sup_stop(name, timeout_ms);
+		if (!strcmp(cmd, "reset"))
+			return tpo_sup_signal(name, SIGUSR1);
+		if (!strcmp(cmd, "reload"))
+			return tpo_sup_signal(name, SIGHUP);
 		return tpo_sup_status(name);
 	}
 	fprintf(stderr, "tpo-supervisor: unknown command '%s'\n", cmd);

@@ -481,6 +481,25 @@ static void on_tick(struct sup *s)
 	notify_status(s, t);
 }
 
+/* `tpo-supervisor reset`: the operator fixed what failed units need. */
+static void operator_reset(struct sup *s)
+{
+	int n = 0;
+
+	if (s->draining)
+		return;
+	for (int st = 0; st < TPO_ST_COUNT; st++)
+		for (int l = 0; l < s->nlanes; l++) {
+			struct unit *u = &s->units[st][l];
+			if (u->fsm.state == TPO_FSM_FAILED || u->fsm.state == TPO_FSM_OPEN ||
+			    u->fsm.state == TPO_FSM_BACKOFF) {
+				step(s, u, TPO_EV_RESET, 0, 0);
+				n++;
+			}
+		}
+	logmsg(LOG_NOTICE, "reset: %d unit(s) restarted on operator request", n);
+}
+
 static void reload(struct sup *s)
 {
 	struct tpo_config_errors errs;
@@ -616,6 +635,7 @@ int tpo_sup_run(const struct tpo_config *cfg, const char *config_path)
 	sigaddset(&mask, SIGTERM);
 	sigaddset(&mask, SIGINT);
 	sigaddset(&mask, SIGHUP);
+	sigaddset(&mask, SIGUSR1);
 	sigaddset(&mask, SIGCHLD);
 	sigaddset(&mask, SIGPIPE);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
@@ -682,6 +702,8 @@ int tpo_sup_run(const struct tpo_config *cfg, const char *config_path)
 						begin_drain(s, si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
 					else if (si.ssi_signo == SIGHUP)
 						reload(s);
+					else if (si.ssi_signo == SIGUSR1)
+						operator_reset(s);
 					else if (si.ssi_signo == SIGCHLD)
 						reap_orphans(s);
 				}
@@ -769,6 +791,25 @@ int tpo_sup_stop(const char *name, int timeout_ms)
 	fprintf(stderr, "tpo-supervisor: instance '%s' (pid %d) is still draining after %d ms\n",
 		name, (int)pid, timeout_ms);
 	return TPO_EX_SYSTEM;
+}
+
+int tpo_sup_signal(const char *name, int sig)
+{
+	struct tpo_stats st;
+	struct tpo_stats_info info;
+
+	memset(&st, 0, sizeof(st));
+	if (attach_or_say(&st, name) < 0)
+		return TPO_EX_SYSTEM;
+	if (tpo_stats_read_info(&st, &info) < 0 || info.sup_pid <= 0 ||
+	    kill(info.sup_pid, sig) < 0) {
+		fprintf(stderr, "tpo-supervisor: instance '%s': unable to signal the supervisor\n",
+			name);
+		tpo_stats_close(&st);
+		return TPO_EX_SYSTEM;
+	}
+	tpo_stats_close(&st);
+	return TPO_EX_OK;
 }
 
 int tpo_sup_status(const char *name)

@@ -26,5 +26,7 @@ int tpo_sup_run(const struct tpo_config *cfg, const char *config_path);
 /* `stop` and `status` against a running instance; return exit codes. */
 int tpo_sup_stop(const char *name, int timeout_ms);
 int tpo_sup_status(const char *name);
+/* Sends sig to the instance's supervisor (reset: SIGUSR1, reload: SIGHUP). */
+int tpo_sup_signal(const char *name, int sig);
 
 #endif
