@@ -67,7 +67,8 @@ static int on_record(struct tpo_stage *st, int in, const struct tpo_rec *rec)
 	*o = *m;
 	o->ctx_len = ctx;
 	memcpy(tpo_msg_req_text(o), tpo_msg_req_text(m), m->text_len);
-	memcpy(tpo_msg_req_ctx(o), context, ctx);
+	if (ctx)
+		memcpy(tpo_msg_req_ctx(o), context, ctx);
 	memcpy(tpo_msg_req_stops(o), tpo_msg_req_stops(m), m->stop_len);
 	tpo_ring_commit(&st->out[0]);
 	tpo_stage_passed(st);
