@@ -80,7 +80,7 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIB)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
-run: all
+run: $(LIB) $(SUP_BIN) $(STAGE_BIN) $(TOOL_BIN) $(PLUGINS)
 	@./tools/run-default $(BUILD)
 
 # Every test: unit and integration (Criterion), then stress programs, then
