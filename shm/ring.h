@@ -220,7 +220,9 @@ void tpo_ring_advance(struct tpo_ring *r, const struct tpo_rec *rec);
 int tpo_ring_peek_batch(struct tpo_ring *r, const struct tpo_rec **recs, int max);
 
 /*
- * Frees everything the read cursor has passed (release store of tail; pairs
+ * Frees everything the read cursor has passed (records returned by
+ * tpo_ring_peek_batch included, processed or not: use tpo_ring_release_to to
+ * keep some) (release store of tail; pairs
  * with the producer's acquire load in tpo_ring_reserve), then rings the
  * producer's doorbell if it waits for space. Returns 1 if it rang, else 0.
  */
