@@ -162,12 +162,13 @@ int tpo_ring_commit(struct tpo_ring *r)
 	atomic_store_explicit(&s->prod_records, r->records, memory_order_relaxed);
 	/* Pairs with the consumer's acquire load of head in tpo_ring_peek and
 	 * tpo_ring_readable: the records' bytes are visible before head. */
-	atomic_store_explicit(&s->head, r->pos, memory_order_release);
-	/* Store(head) -> fence -> load(cons_sleeping); pairs with the fence in
-	 * tpo_ring_sleep_begin (store flag -> fence -> load head). One of the
-	 * two sides must see the other's store: no lost wake-up. */
-	atomic_thread_fence(memory_order_seq_cst);
-	if (atomic_load_explicit(&s->cons_sleeping, memory_order_relaxed) &&
+	/* A seq_cst exchange (x86: one locked xchg, cheaper than a store and
+	 * mfence) then a seq_cst load of cons_sleeping; pairs with the seq_cst
+	 * store of the flag and load of head in tpo_ring_sleep_begin. In the
+	 * single total order one side sees the other's store: no lost
+	 * wake-up. */
+	atomic_exchange_explicit(&s->head, r->pos, memory_order_seq_cst);
+	if (atomic_load_explicit(&s->cons_sleeping, memory_order_seq_cst) &&
 	    r->peer_bell >= 0) {
 		tpo_bell_ring(r->peer_bell);
 		return 1;
@@ -289,11 +290,10 @@ int tpo_ring_release_to(struct tpo_ring *r, uint64_t pos)
 	atomic_store_explicit(&s->cons_records, r->records, memory_order_relaxed);
 	/* Pairs with the producer's acquire load of tail in tpo_ring_reserve:
 	 * our reads of the released records happen before it may reuse them. */
-	atomic_store_explicit(&s->tail, pos, memory_order_release);
-	/* Store(tail) -> fence -> load(prod_sleeping); pairs with the fence in
-	 * tpo_ring_wait_space. */
-	atomic_thread_fence(memory_order_seq_cst);
-	if (atomic_load_explicit(&s->prod_sleeping, memory_order_relaxed) &&
+	atomic_exchange_explicit(&s->tail, pos, memory_order_seq_cst);
+	/* Exchange(tail) then load(prod_sleeping), both seq_cst; pairs with
+	 * tpo_ring_wait_space's seq_cst flag store and load of tail. */
+	if (atomic_load_explicit(&s->prod_sleeping, memory_order_seq_cst) &&
 	    r->peer_bell >= 0) {
 		tpo_bell_ring(r->peer_bell);
 		return 1;
@@ -343,13 +343,14 @@ static int bell_sleep(int bell, int timeout_ms)
 
 int tpo_ring_sleep_begin(struct tpo_ring *const *rings, int n)
 {
+	/* seq_cst store of the flag then seq_cst load of head; pairs with the
+	 * seq_cst exchange of head and load of the flag in tpo_ring_commit. */
 	for (int i = 0; i < n; i++)
-		atomic_store_explicit(&rings[i]->shm->cons_sleeping, 1, memory_order_relaxed);
-	/* Store(flag) -> fence -> load(head); pairs with the fence in
-	 * tpo_ring_commit. */
-	atomic_thread_fence(memory_order_seq_cst);
+		atomic_store_explicit(&rings[i]->shm->cons_sleeping, 1, memory_order_seq_cst);
 	for (int i = 0; i < n; i++) {
-		if (tpo_ring_readable(rings[i])) {
+		struct tpo_ring *r = rings[i];
+		if (r->pos != r->cached ||
+		    (r->cached = atomic_load_explicit(&r->shm->head, memory_order_seq_cst)) != r->pos) {
 			tpo_ring_sleep_end(rings, n);
 			return 1;
 		}
@@ -411,10 +412,10 @@ int tpo_ring_wait_space(struct tpo_ring *r, uint32_t len, int bell,
 				return 1;
 		} while (tpo_now_ns() < end);
 	}
-	atomic_store_explicit(&s->prod_sleeping, 1, memory_order_relaxed);
-	/* Store(flag) -> fence -> load(tail); pairs with the fence in
-	 * tpo_ring_release. */
-	atomic_thread_fence(memory_order_seq_cst);
+	/* seq_cst store of the flag then seq_cst load of tail; pairs with the
+	 * seq_cst exchange of tail and load of the flag in tpo_ring_release. */
+	atomic_store_explicit(&s->prod_sleeping, 1, memory_order_seq_cst);
+	r->cached = atomic_load_explicit(&s->tail, memory_order_seq_cst);
 	if (tpo_ring_writable(r, len)) {
 		atomic_store_explicit(&s->prod_sleeping, 0, memory_order_relaxed);
 		return 1;
