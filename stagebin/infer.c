@@ -17,6 +17,13 @@
  * they had forwarded no token, ended with one error if they had (a token
  * cannot be taken back), and quarantined once they were in flight in
  * restart.quarantine_after crashes.
+ *
+ * The loop serves the input ring and the worker together: timer-driven
+ * workers (mock, plugin) are polled when a job's wake_ns passes;
+ * event-driven ones (the HTTP workers, workers/upstream.c) are driven every
+ * round and, when idle, sleep in their wait() on their sockets plus our
+ * doorbell (armed only when we could take more input), so a busy ring costs
+ * no syscall on the ring side. See docs/workers.md.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -186,6 +193,8 @@ static int take_prompt(struct tpo_rec *rec, uint64_t pos)
 	j->w.deadline_ns = m->deadline_ns;
 	j->w.seed = m->seed;
 	j->w.model = m->model;
+	j->w.session_hash = m->session_hash;
+	j->w.flags = m->flags;
 	j->w.sink = &sink;
 	rec->seq = J_STARTED;
 	active++;
@@ -293,27 +302,50 @@ static uint64_t run_jobs(uint64_t now)
 	return next;
 }
 
+/*
+ * Sleeps until input, worker activity or timeout_ms. An event-driven worker
+ * watches its sockets and our doorbell together; the doorbell is armed
+ * (tpo_ring_sleep_begin) only when we could take more input, so a busy ring
+ * never costs a syscall on the ring side.
+ */
+static void sleep_some(int timeout)
+{
+	int take = active < njobs;
+
+	if (!ops->wait) {
+		if (take)
+			tpo_stage_wait(&st, timeout);
+		else
+			tpo_ring_wait(NULL, 0, st.bell, 0, timeout);
+		return;
+	}
+	if (take && tpo_ring_sleep_begin(st.inp, st.nin))
+		return;                    /* input arrived meanwhile */
+	ops->wait(worker, take ? st.bell : -1, timeout);
+	if (take) {
+		tpo_ring_sleep_end(st.inp, st.nin);
+		tpo_bell_drain(st.bell);
+	}
+	tpo_stage_tick(&st);
+}
+
 int main(int argc, char **argv)
 {
-	struct tpo_mock_params mp;
+	char err[512];
 	int rc = tpo_stage_init(&st, TPO_ST_INFER, argc, argv);
 
 	if (rc)
 		return rc;
-	if (st.cfg.stages.infer.worker != TPO_WORKER_MOCK) {
-		tpo_log(LOG_ERR, "fatal: stages.infer.worker: only \"mock\" is built in this "
-			"version (model server workers are not implemented yet)");
-		return 78;
+	rc = tpo_worker_create(&st.cfg.stages.infer, &st.stats, st.lane, &ops, &worker,
+			       err, sizeof(err));
+	if (rc < 0) {
+		tpo_log(LOG_ERR, "fatal: %s", err);
+		return rc == -ENOMEM ? 111 : 78;
 	}
-	mp.tokens_per_second = st.cfg.stages.infer.mock.tokens_per_second;
-	mp.max_tokens = st.cfg.stages.infer.mock.max_tokens;
-	mp.seed = st.cfg.stages.infer.mock.seed;
-	ops = &tpo_mock_ops;
-	worker = tpo_mock_create(&mp);
 	njobs = st.cfg.stages.infer.max_inflight;
 	jobs = calloc(njobs, sizeof(*jobs));
 	fifo = calloc(njobs, sizeof(*fifo));
-	if (!worker || !jobs || !fifo)
+	if (!jobs || !fifo)
 		return 111;
 
 	while (!tpo_stage_stopping) {
@@ -322,6 +354,9 @@ int main(int argc, char **argv)
 
 		if (n < 0)
 			return 111;
+		if (ops->drive)
+			ops->drive(worker, now);
+		now = tpo_now_ns();
 		next = run_jobs(now);
 		release_done();
 		tpo_stage_tick(&st);
@@ -333,14 +368,16 @@ int main(int argc, char **argv)
 		timeout = TPO_STAGE_WAIT_MS;
 		if (next && (next - now) / 1000000 < (uint64_t)timeout)
 			timeout = (int)((next - now + 999999) / 1000000);
-		if (active >= njobs)
-			tpo_stage_stopping ? (void)0 : (void)tpo_ring_wait(NULL, 0, st.bell, 0, timeout);
-		else
-			tpo_stage_wait(&st, timeout);
+		if (!tpo_stage_stopping)
+			sleep_some(timeout);
 	}
 	/* Jobs still running at SIGTERM: the stream has gone already (drain is
 	 * upstream-first), so nobody waits for them. */
+	for (uint32_t i = 0; i < njobs; i++)
+		if (jobs[i].active)
+			ops->cancel(worker, &jobs[i].w);
 	tpo_stage_fini(&st);
-	tpo_mock_destroy(worker);
+	if (ops->destroy)
+		ops->destroy(worker);
 	return 0;
 }

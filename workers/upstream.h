@@ -51,6 +51,7 @@ struct tpo_up_req {
 	int stream;                  /* ask for a streamed answer */
 	int chat;                    /* a chat request (else a plain completion) */
 	const char *api_key;         /* NULL: none */
+	uint32_t slots;              /* server slots ("#slots=N" in the URL), 0: unknown */
 };
 
 struct tpo_up_call;   /* one request in flight (opaque to protocols) */
@@ -74,7 +75,8 @@ extern const struct tpo_proto tpo_proto_anthropic;
 
 /* Forwards a token's text. 0, or -errno: return it from event()/body(). */
 int tpo_up_token(struct tpo_up_call *c, const char *text, size_t len);
-/* The answer is complete (finish: enum tpo_finish); later events are ignored. */
+/* The answer is complete (finish: enum tpo_finish, or -1: the last hint, else
+ * stop); later events are ignored. */
 void tpo_up_end(struct tpo_up_call *c, int finish);
 /* The finish reason seen so far, for streams that end without a marker. */
 void tpo_up_finish_hint(struct tpo_up_call *c, int finish);

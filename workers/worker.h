@@ -84,6 +84,10 @@ struct tpo_stats;
 int tpo_worker_create(const struct tpo_config_infer *cfg, struct tpo_stats *stats, int lane,
 		      const struct tpo_worker_ops **ops, void **w, char *err, size_t errcap);
 
+/* The native plugin worker (workers/plugin.c, ABI in workers/plugin_abi.h). */
+int tpo_plugin_create(const struct tpo_config_infer *cfg, const struct tpo_worker_ops **ops,
+		      void **w, char *err, size_t errcap);
+
 /* The built-in mock model worker (workers/mock.c). */
 struct tpo_mock_params {
 	uint32_t tokens_per_second;  /* 0: as fast as possible */

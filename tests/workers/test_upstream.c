@@ -1,0 +1,387 @@
+/*
+ * test_upstream.c — the HTTP model workers end to end: the real supervisor
+ * with worker openai / llamacpp / tgi / anthropic pointed at
+ * tests/workers/badserver.js, a loopback server that misbehaves on command.
+ * Golden streams (tests/workers/golden/) are sent a few bytes at a time.
+ */
+#include "tests/integration/harness.h"
+
+#define CFG \
+	"{\"lanes\": 1, \"restart\": {\"base_ms\": 10, \"cap_ms\": 50}," \
+	" \"stages\": {\"infer\": {\"worker\": \"%s\"," \
+	"  \"endpoints\": [{\"url\": \"http://127.0.0.1:%d%s\"%s}]," \
+	"  \"timeouts\": {\"connect_ms\": 1000, \"first_token_ms\": 500, \"idle_ms\": 500," \
+	"                \"total_ms\": 20000}," \
+	"  \"retries\": {\"max_attempts\": 2, \"base_ms\": 1, \"cap_ms\": 5}," \
+	"  \"breaker\": {\"failures\": %d, \"open_ms\": 60000}}}}"
+
+static struct h_inst in;
+static pid_t srv_pid;
+static int srv_port;
+
+static void srv_stop(void)
+{
+	if (srv_pid > 0) {
+		kill(srv_pid, SIGTERM);
+		waitpid(srv_pid, NULL, 0);
+		srv_pid = 0;
+	}
+	h_cleanup();
+}
+
+TestSuite(upstream, .fini = srv_stop, .timeout = 120);
+
+static void srv_start(void)
+{
+	int pfd[2];
+	char buf[64] = { 0 };
+	size_t n = 0;
+
+	cr_assert_eq(pipe(pfd), 0);
+	srv_pid = fork();
+	cr_assert_geq(srv_pid, 0);
+	if (srv_pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		dup2(pfd[1], 1);
+		close(pfd[0]);
+		execlp("node", "node", "tests/workers/badserver.js", (char *)NULL);
+		_exit(127);
+	}
+	close(pfd[1]);
+	while (n < sizeof(buf) - 1 && !strchr(buf, '\n')) {
+		ssize_t r = read(pfd[0], buf + n, sizeof(buf) - 1 - n);
+		if (r <= 0)
+			break;
+		n += (size_t)r;
+	}
+	close(pfd[0]);
+	cr_assert(sscanf(buf, "PORT %d", &srv_port) == 1, "badserver did not start: '%s'", buf);
+}
+
+static void start_url(const char *tag, const char *worker, const char *url_tail,
+		      const char *ep_more, int failures, const char *env)
+{
+	static char cfg[2048];
+
+	srv_start();
+	snprintf(cfg, sizeof(cfg), CFG, worker, srv_port, url_tail, ep_more ? ep_more : "",
+		 failures);
+	h_start_ex(&in, tag, cfg, env, 1);
+	h_register(&in);
+}
+
+static void start(const char *tag, const char *worker, const char *ep_more, int failures,
+		  const char *env)
+{
+	start_url(tag, worker, "", ep_more, failures, env);
+}
+
+static void copy_str(char *dst, size_t cap, const char *src)
+{
+	size_t n = strlen(src);
+
+	if (n >= cap)
+		n = cap - 1;
+	memcpy(dst, src, n);
+	dst[n] = 0;
+}
+
+/* A streamed chat request; content into text, returns content chunks. */
+static int chat_stream(const char *content, char *text, size_t cap, char *finish)
+{
+	struct h_conn c;
+	char body[1024];
+	int64_t usage;
+	int n;
+
+	h_chat_body(body, sizeof(body), content, 1, NULL);
+	h_open(&c, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+	cr_assert_eq(c.status, 200, "status %d", c.status);
+	n = h_read_stream(&c, 1, text, cap, finish, 32, &usage);
+	h_conn_free(&c);
+	return n;
+}
+
+/* A non-streamed chat request: status, body in out. */
+static int chat_once(const char *content, char *out, size_t cap)
+{
+	struct h_conn c;
+	char body[1024];
+	int status;
+
+	h_chat_body(body, sizeof(body), content, 0, NULL);
+	h_http(&c, in.port, "POST", "/v1/chat/completions", NULL, body);
+	status = c.status;
+	copy_str(out, cap, c.body);
+	h_conn_free(&c);
+	return status;
+}
+
+/* A streamed request that fails after tokens: content events and errors. */
+static void chat_broken(const char *content, int *ncontent, int *errors, char *last_err,
+			size_t cap)
+{
+	struct h_conn c;
+	char body[1024], ev[1 << 16];
+	int r;
+
+	*ncontent = *errors = 0;
+	h_chat_body(body, sizeof(body), content, 1, NULL);
+	h_open(&c, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+	if (c.status != 200) {
+		/* Failed before streaming began: a plain HTTP error. */
+		cr_assert_eq(h_read_body(&c), 0);
+		h_assert_oai_error(c.body, NULL);
+		copy_str(last_err, cap, c.body);
+		*errors = 1;
+		h_conn_free(&c);
+		return;
+	}
+	while ((r = h_sse_next(&c, ev, sizeof(ev))) == 1) {
+		cr_assert_eq(*errors, 0, "event after the error: %s", ev);
+		cr_assert_str_neq(ev, "[DONE]", "[DONE] after a failure");
+		if (strstr(ev, "\"error\"")) {
+			h_assert_oai_error(ev, NULL);
+			copy_str(last_err, cap, ev);
+			(*errors)++;
+		} else if (strstr(ev, "\"content\"")) {
+			(*ncontent)++;
+		}
+	}
+	cr_assert_eq(r, 0, "stream did not end cleanly");
+	h_conn_free(&c);
+}
+
+static int srv_count(const char *key)
+{
+	struct h_conn c;
+	char path[128];
+	int n;
+
+	snprintf(path, sizeof(path), "/count?key=%s", key);
+	h_http(&c, srv_port, "GET", path, NULL, NULL);
+	cr_assert(sscanf(c.body, "{\"count\":%d}", &n) == 1, "%s", c.body);
+	h_conn_free(&c);
+	return n;
+}
+
+static void srv_last(char *out, size_t cap)
+{
+	struct h_conn c;
+
+	h_http(&c, srv_port, "GET", "/last", NULL, NULL);
+	copy_str(out, cap, c.body);
+	h_conn_free(&c);
+}
+
+/* The endpoint slot of lane 0, endpoint 0. */
+static void ep_snap(const struct tpo_stats *st, struct tpo_ep_snapshot *e)
+{
+	for (int i = 0; i < TPO_MAX_ENDPOINTS; i++) {
+		int err;
+		uint64_t end = h_now_ms() + H_HANG_MS;
+		while ((err = tpo_stats_read_ep(st, i, e)) == -EAGAIN && h_now_ms() < end)
+			h_sleep_ms(1);
+		if (err == 0 && e->lane == 0 && e->index == 0)
+			return;
+	}
+	cr_assert_fail("no endpoint slot for lane 0");
+}
+
+Test(upstream, openai_golden_split_and_nonstream_and_auth)
+{
+	char text[4096], finish[32], out[8192];
+	int n;
+
+	start("oa", "openai", ", \"api_key_env\": \"TPO_TEST_KEY\", \"model\": \"up-model\"",
+	      100, "TPO_TEST_KEY=sk-test-123");
+	n = chat_stream("a [[srv:golden=openai_chat.sse]] [[srv:chunk=1]]", text, sizeof(text),
+			finish);
+	cr_assert_str_eq(text, "Hello wor\xc3\xa9ld!");
+	cr_assert_eq(n, 3);
+	cr_assert_str_eq(finish, "stop");
+	srv_last(out, sizeof(out));
+	cr_assert(strstr(out, "\"authorization\":\"Bearer sk-test-123\""), "%s", out);
+	cr_assert(strstr(out, "\"model\":\"up-model\""), "%s", out);
+	cr_assert(strstr(out, "\"stream\":true"), "%s", out);
+	cr_assert(strstr(out, "\"path\":\"/v1/chat/completions\""), "%s", out);
+
+	cr_assert_eq(chat_once("plain", out, sizeof(out)), 200, "%s", out);
+	cr_assert(strstr(out, "\"content\":\"tok0 tok1 tok2\""), "%s", out);
+	srv_last(out, sizeof(out));
+	cr_assert(strstr(out, "\"stream\":false"), "%s", out);
+	h_stop(&in);
+}
+
+Test(upstream, openai_completions_golden_length)
+{
+	struct h_conn c;
+	char text[4096], finish[32];
+	const char *body = "{\"model\":\"m\",\"stream\":true,\"prompt\":"
+			   "\"[[srv:golden=openai_completion.sse]] [[srv:chunk=2]]\"}";
+	int64_t usage;
+
+	start("oc", "openai", NULL, 100, NULL);
+	h_open(&c, in.port, "POST", "/v1/completions", NULL, body, strlen(body));
+	cr_assert_eq(c.status, 200);
+	h_read_stream(&c, 0, text, sizeof(text), finish, sizeof(finish), &usage);
+	cr_assert_str_eq(text, "Once upon a time");
+	cr_assert_str_eq(finish, "length");
+	h_conn_free(&c);
+	h_stop(&in);
+}
+
+Test(upstream, openai_failures)
+{
+	char out[8192], err[8192];
+	int content, errors;
+	struct tpo_stats st;
+	struct tpo_ep_snapshot e;
+
+	start("of", "openai", NULL, 100, NULL);
+	h_stats_attach(&in, &st);
+
+	/* 4xx passes through with its status and message, no retry. */
+	cr_assert_eq(chat_once("[[srv:status=404]]", out, sizeof(out)), 404, "%s", out);
+	h_assert_oai_error(out, "injected status 404");
+
+	/* 5xx: retried, then 502 naming the upstream failure. */
+	cr_assert_eq(chat_once("[[srv:status=500]]", out, sizeof(out)), 502, "%s", out);
+	h_assert_oai_error(out, "HTTP 500");
+	cr_assert(strstr(out, "2 attempts"), "%s", out);
+
+	/* 429 with Retry-After, then success: the retry is invisible. */
+	cr_assert_eq(chat_once("[[srv:flaky=1:429:k1]]", out, sizeof(out)), 200, "%s", out);
+	cr_assert_eq(srv_count("k1"), 2);
+	cr_assert_eq(chat_once("[[srv:flaky=1:503:k2]]", out, sizeof(out)), 200, "%s", out);
+	cr_assert_eq(srv_count("k2"), 2);
+
+	/* No first token in time: 504. So for headers that come too late. */
+	cr_assert_eq(chat_once("[[srv:stall]]", out, sizeof(out)), 504, "%s", out);
+	h_assert_oai_error(out, "first_token_ms");
+	cr_assert_eq(chat_once("[[srv:slow_headers=1500]]", out, sizeof(out)), 504, "%s", out);
+
+	/* Garbage and enormous lines before any token: retried, then 502. */
+	cr_assert_eq(chat_once("x [[srv:garbage]]", out, sizeof(out)), 200, "%s", out);
+	chat_broken("[[srv:garbage]]", &content, &errors, err, sizeof(err));
+	cr_assert_eq(content, 1);
+	cr_assert_eq(errors, 1);
+	cr_assert(strstr(err, "invalid JSON"), "%s", err);
+	chat_broken("[[srv:huge]]", &content, &errors, err, sizeof(err));
+	cr_assert_eq(content, 0);
+	cr_assert_eq(errors, 1, "%s", err);
+
+	/* Failures after tokens: one error event, nothing after it. */
+	chat_broken("[[srv:reset_after=2]]", &content, &errors, err, sizeof(err));
+	cr_assert_eq(content, 2);
+	cr_assert_eq(errors, 1);
+	cr_assert(strstr(err, "after 2 tokens"), "%s", err);
+	chat_broken("[[srv:stall_after=3]]", &content, &errors, err, sizeof(err));
+	cr_assert_eq(content, 3);
+	cr_assert_eq(errors, 1);
+	cr_assert(strstr(err, "idle_ms"), "%s", err);
+
+	ep_snap(&st, &e);
+	cr_assert_eq(e.state, TPO_EP_CLOSED);
+	cr_assert_eq(e.in_flight, 0);
+	cr_assert_geq(e.requests, 10);
+	cr_assert_geq(e.errors, 5);
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
+
+Test(upstream, breaker_opens_and_client_disconnect_aborts)
+{
+	char out[8192], body[512];
+	struct tpo_stats st;
+	struct tpo_ep_snapshot e;
+	struct h_conn c;
+	uint64_t end;
+
+	start("ob", "openai", NULL, 2, NULL);
+	h_stats_attach(&in, &st);
+
+	/* A client that leaves while upstream stalls: the transfer is aborted. */
+	h_chat_body(body, sizeof(body), "[[srv:stall_after=1]]", 1, NULL);
+	h_open(&c, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+	ep_snap(&st, &e);
+	for (end = h_now_ms() + H_HANG_MS; e.in_flight != 1 && h_now_ms() < end; h_sleep_ms(5))
+		ep_snap(&st, &e);
+	cr_assert_eq(e.in_flight, 1);
+	h_conn_free(&c);
+	for (end = h_now_ms() + H_HANG_MS; e.in_flight != 0 && h_now_ms() < end; h_sleep_ms(5))
+		ep_snap(&st, &e);
+	cr_assert_eq(e.in_flight, 0, "upstream transfer still in flight");
+	cr_assert_eq(e.errors, 0, "a cancel is not an endpoint failure");
+
+	/* Two consecutive failures open the breaker; then requests fail fast. */
+	cr_assert_eq(chat_once("[[srv:status=500]]", out, sizeof(out)), 502, "%s", out);
+	ep_snap(&st, &e);
+	cr_assert_eq(e.state, TPO_EP_OPEN);
+	cr_assert_eq(chat_once("[[srv:flaky=0:500:k9]]", out, sizeof(out)), 503, "%s", out);
+	h_assert_oai_error(out, "circuit breaker");
+	cr_assert_eq(srv_count("k9"), 0, "an open breaker let a request through");
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
+
+Test(upstream, llamacpp_golden_slot_and_cache)
+{
+	char text[4096], finish[32], out[8192];
+
+	start_url("lc", "llamacpp", "#slots=4", NULL, 100, NULL);
+	chat_stream("[[srv:golden=llamacpp.sse]] [[srv:chunk=5]]", text, sizeof(text), finish);
+	cr_assert_str_eq(text, "Hello from llama");
+	cr_assert_str_eq(finish, "stop");
+	srv_last(out, sizeof(out));
+	cr_assert(strstr(out, "\"path\":\"/completion\""), "%s", out);
+	cr_assert(strstr(out, "\"cache_prompt\":true"), "%s", out);
+	cr_assert(strstr(out, "\"id_slot\":"), "%s", out);
+	cr_assert_null(strstr(out, "\"id_slot\":-1"), "%s", out);
+	chat_stream("plain", text, sizeof(text), finish);
+	cr_assert_str_eq(text, "tok0 tok1 tok2 tok3 tok4");
+	cr_assert_eq(chat_once("plain", out, sizeof(out)), 200, "%s", out);
+	cr_assert(strstr(out, "\"content\":\"tok0 tok1 tok2\""), "%s", out);
+	h_stop(&in);
+}
+
+Test(upstream, tgi_golden_and_error_event)
+{
+	char text[4096], finish[32], err[8192];
+	int content, errors;
+
+	start("tg", "tgi", NULL, 100, NULL);
+	chat_stream("[[srv:golden=tgi.sse]] [[srv:chunk=4]]", text, sizeof(text), finish);
+	cr_assert_str_eq(text, "Deep learning rocks");
+	cr_assert_str_eq(finish, "stop");
+	chat_stream("plain", text, sizeof(text), finish);
+	cr_assert_str_eq(text, "tok0 tok1 tok2 tok3 tok4");
+	chat_broken("[[srv:golden=tgi_error.sse]]", &content, &errors, err, sizeof(err));
+	cr_assert_eq(content, 1);
+	cr_assert_eq(errors, 1);
+	cr_assert(strstr(err, "CUDA out of memory"), "%s", err);
+	h_stop(&in);
+}
+
+Test(upstream, anthropic_golden_headers_and_error_event)
+{
+	char text[4096], finish[32], out[8192];
+	int content, errors;
+
+	start("an", "anthropic", ", \"api_key_env\": \"TPO_TEST_AKEY\"", 100,
+	      "TPO_TEST_AKEY=ak-456");
+	chat_stream("[[srv:golden=anthropic.sse]] [[srv:chunk=3]]", text, sizeof(text), finish);
+	cr_assert_str_eq(text, "Hello!\n\"Claude\"");
+	cr_assert_str_eq(finish, "length");
+	srv_last(out, sizeof(out));
+	cr_assert(strstr(out, "\"x-api-key\":\"ak-456\""), "%s", out);
+	cr_assert(strstr(out, "\"anthropic-version\":\"2023-06-01\""), "%s", out);
+	cr_assert(strstr(out, "\"max_tokens\":"), "%s", out);
+	chat_stream("plain", text, sizeof(text), finish);
+	cr_assert_str_eq(text, "tok0 tok1 tok2 tok3 tok4");
+	chat_broken("[[srv:golden=anthropic_error.sse]]", &content, &errors, out, sizeof(out));
+	cr_assert_eq(content, 0);
+	cr_assert_eq(errors, 1);
+	cr_assert(strstr(out, "Overloaded"), "%s", out);
+	h_stop(&in);
+}

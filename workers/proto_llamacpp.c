@@ -1,0 +1,94 @@
+/*
+ * proto_llamacpp.c — llama.cpp's native server API: POST /completion with
+ * {"prompt", "n_predict", "stream", "cache_prompt": true, "id_slot"}.
+ * Streamed answers are SSE `data: {"content": "...", "stop": false}` events;
+ * the last has "stop": true (there is no [DONE]); "stopped_limit": true means
+ * the token limit ended it. A whole answer is one such object.
+ *
+ * KV-cache reuse: cache_prompt keeps the prompt's cache in the slot, and
+ * id_slot = session_hash % slots pins a conversation to one slot, where slots
+ * is the server's --parallel, given in the endpoint URL as "#slots=N" (the
+ * fragment is never sent). Without it id_slot is -1: the server picks.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "stagebin/proto.h"
+#include "workers/upstream.h"
+
+static int lc_request(const struct tpo_up_req *r, char *path, size_t pathcap,
+		      struct curl_slist **h, struct tpo_buf *b)
+{
+	int err = 0;
+	long slot = r->slots ? (long)(r->session_hash % r->slots) : -1;
+
+	(void)h;
+	snprintf(path, pathcap, "/completion");
+	err |= tpo_buf_str(b, "{\"prompt\":");
+	err |= tpo_buf_json_str(b, r->prompt, r->prompt_len);
+	err |= tpo_buf_printf(b, ",\"n_predict\":%ld", r->max_tokens ? (long)r->max_tokens : -1L);
+	err |= tpo_buf_printf(b, ",\"cache_prompt\":true,\"id_slot\":%ld", slot);
+	if (r->seed)
+		err |= tpo_buf_printf(b, ",\"seed\":%u", (unsigned)(r->seed & 0x7fffffff));
+	err |= tpo_buf_str(b, r->stream ? ",\"stream\":true}" : ",\"stream\":false}");
+	return err ? -ENOMEM : 0;
+}
+
+static int lc_object(struct tpo_up_call *c, const char *js, size_t len)
+{
+	jsmntok_t *t = NULL;
+	const char *s;
+	int nt, n, i, err = 0;
+	bool stop = false, limit = false;
+
+	nt = tpo_json_tokenize(js, len, &t, NULL);
+	if (nt < 0)
+		return tpo_up_error(c, 0, "the model server sent invalid JSON");
+	if (t[0].type != JSMN_OBJECT) {
+		free(t);
+		return tpo_up_error(c, 0, "the model server sent JSON that is not an object");
+	}
+	if (tpo_json_find(js, t, nt, 0, "error") >= 0) {
+		n = tpo_up_json_str(c, js, t, nt, "error.message", &s);
+		err = tpo_up_error(c, 0, "model server error: %.*s", n > 0 ? n : 7,
+				   n > 0 ? s : "unknown");
+		free(t);
+		return err;
+	}
+	n = tpo_up_json_str(c, js, t, nt, "content", &s);
+	if (n > 0)
+		err = tpo_up_token(c, s, (size_t)n);
+	if ((i = tpo_json_find(js, t, nt, 0, "stopped_limit")) >= 0)
+		tpo_json_get_bool(js, &t[i], &limit);
+	if ((i = tpo_json_find(js, t, nt, 0, "stop")) >= 0)
+		tpo_json_get_bool(js, &t[i], &stop);
+	if (!err && stop)
+		tpo_up_end(c, limit ? TPO_FINISH_LENGTH : TPO_FINISH_STOP);
+	free(t);
+	return err;
+}
+
+static int lc_event(struct tpo_up_call *c, const char *name, const char *data, size_t len)
+{
+	(void)name;
+	return lc_object(c, data, len);
+}
+
+static int lc_body(struct tpo_up_call *c, const char *data, size_t len)
+{
+	int err = lc_object(c, data, len);
+
+	if (!err)
+		tpo_up_end(c, -1);
+	return err;
+}
+
+const struct tpo_proto tpo_proto_llamacpp = {
+	.name = "llamacpp",
+	.request = lc_request,
+	.event = lc_event,
+	.body = lc_body,
+};

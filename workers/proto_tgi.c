@@ -1,0 +1,117 @@
+/*
+ * proto_tgi.c — Hugging Face Text Generation Inference: POST
+ * /generate_stream (streamed) or /generate with {"inputs", "parameters":
+ * {"max_new_tokens", "seed", "details": true}}.
+ *
+ * Stream events: `data: {"token": {"text", "special"}, "generated_text":
+ * null, "details": null}`; the last one carries "generated_text" (the whole
+ * answer, not forwarded again) and details.finish_reason ("length",
+ * "eos_token", "stop_sequence"). Special tokens (EOS) are not forwarded.
+ * Errors: `data: {"error": "...", "error_type": "..."}` (also as an
+ * `event: error`). A whole answer is {"generated_text", "details"}.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "stagebin/proto.h"
+#include "workers/upstream.h"
+
+static int tgi_request(const struct tpo_up_req *r, char *path, size_t pathcap,
+		       struct curl_slist **h, struct tpo_buf *b)
+{
+	int err = 0;
+
+	(void)h;
+	snprintf(path, pathcap, "%s", r->stream ? "/generate_stream" : "/generate");
+	err |= tpo_buf_str(b, "{\"inputs\":");
+	err |= tpo_buf_json_str(b, r->prompt, r->prompt_len);
+	err |= tpo_buf_str(b, ",\"parameters\":{\"details\":true");
+	if (r->max_tokens)
+		err |= tpo_buf_printf(b, ",\"max_new_tokens\":%u", r->max_tokens);
+	if (r->seed)
+		err |= tpo_buf_printf(b, ",\"seed\":%llu",
+				      (unsigned long long)(r->seed & 0x7fffffffffffffffull));
+	err |= tpo_buf_str(b, "}}");
+	return err ? -ENOMEM : 0;
+}
+
+static int tgi_finish(struct tpo_up_call *c, const char *js, jsmntok_t *t, int nt)
+{
+	const char *s;
+	int n = tpo_up_json_str(c, js, t, nt, "details.finish_reason", &s);
+
+	return n > 0 ? tpo_up_finish_of(s) : TPO_FINISH_STOP;
+}
+
+static int tgi_parse(struct tpo_up_call *c, const char *js, size_t len, int whole)
+{
+	jsmntok_t *t = NULL;
+	const char *s;
+	int nt, n, i, err = 0;
+	bool special = false;
+
+	nt = tpo_json_tokenize(js, len, &t, NULL);
+	if (nt < 0)
+		return tpo_up_error(c, 0, "the model server sent invalid JSON");
+	if (t[0].type == JSMN_ARRAY && whole && t[0].size > 0) {
+		/* /generate may answer [{"generated_text": ...}] */
+		free(t);
+		const char *p = memchr(js, '{', len), *q = js + len;
+		while (q > p && q[-1] != '}')
+			q--;
+		return p && q > p ? tgi_parse(c, p, (size_t)(q - p), 1)
+				  : tpo_up_error(c, 0, "the model server sent an empty answer");
+	}
+	if (t[0].type != JSMN_OBJECT) {
+		free(t);
+		return tpo_up_error(c, 0, "the model server sent JSON that is not an object");
+	}
+	if (tpo_json_find(js, t, nt, 0, "error") >= 0) {
+		n = tpo_up_json_str(c, js, t, nt, "error", &s);
+		err = tpo_up_error(c, 0, "model server error: %.*s", n > 0 ? n : 7,
+				   n > 0 ? s : "unknown");
+		free(t);
+		return err;
+	}
+	if (whole) {
+		n = tpo_up_json_str(c, js, t, nt, "generated_text", &s);
+		if (n > 0)
+			err = tpo_up_token(c, s, (size_t)n);
+		if (!err)
+			tpo_up_end(c, tgi_finish(c, js, t, nt));
+		free(t);
+		return err;
+	}
+	if ((i = tpo_json_find(js, t, nt, 0, "token.special")) >= 0)
+		tpo_json_get_bool(js, &t[i], &special);
+	n = tpo_up_json_str(c, js, t, nt, "token.text", &s);
+	if (n > 0 && !special)
+		err = tpo_up_token(c, s, (size_t)n);
+	i = tpo_json_find(js, t, nt, 0, "generated_text");
+	if (!err && i >= 0 && t[i].type == JSMN_STRING)
+		tpo_up_end(c, tgi_finish(c, js, t, nt));
+	free(t);
+	return err;
+}
+
+static int tgi_event(struct tpo_up_call *c, const char *name, const char *data, size_t len)
+{
+	if (!strcmp(name, "error") && (len == 0 || data[0] != '{'))
+		return tpo_up_error(c, 0, "model server error: %.*s", (int)len, data);
+	return tgi_parse(c, data, len, 0);
+}
+
+static int tgi_body(struct tpo_up_call *c, const char *data, size_t len)
+{
+	return tgi_parse(c, data, len, 1);
+}
+
+const struct tpo_proto tpo_proto_tgi = {
+	.name = "tgi",
+	.request = tgi_request,
+	.event = tgi_event,
+	.body = tgi_body,
+};

@@ -1,0 +1,958 @@
+/*
+ * upstream.c — the HTTP model worker engine (see upstream.h).
+ *
+ * One libcurl multi handle per infer process; every job is one easy handle
+ * at a time (a retry gets a fresh one; the multi's connection cache keeps
+ * connections alive across them). The stage drives it from its own loop:
+ * drive() runs curl_multi_perform and collects finished transfers; wait()
+ * sleeps in curl_multi_poll with the stage's doorbell as an extra fd.
+ *
+ * Life of a job (struct tpo_up_call):
+ *
+ *   start ─▶ RUNNING ─(answer complete)──────────────────────▶ done
+ *              │ ▲
+ *              │ └──(retry timer)── WAIT_RETRY ◀─┐
+ *              └─(failure, no token forwarded, attempts left)─┘
+ *              └─(failure otherwise)───────────────────────────▶ fail
+ *
+ * Failures: transport errors, timeouts (connect, first token, idle between
+ * tokens, total), HTTP 408/429/5xx, protocol errors. They count against the
+ * endpoint's breaker (except 429, a polite "not now") and are retried with
+ * full-jitter exponential backoff, or after Retry-After on 429/503, while no
+ * token was forwarded and attempts remain. Other 4xx end the job at once
+ * with the upstream status and message. The request's deadline is enforced
+ * by the stage (it wins: 504), and caps curl's total timeout.
+ *
+ * Breaker per endpoint: closed; `breaker.failures` consecutive failures
+ * open it for `breaker.open_ms`; then half-open, where exactly one request
+ * is admitted as a probe: success closes, failure re-opens.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shm/ring.h"
+#include "shm/stats.h"
+#include "stagebin/proto.h"
+#include "supervisor/config.h"
+#include "workers/sse.h"
+#include "workers/upstream.h"
+
+#define RESP_MAX     (64u << 20)   /* largest non-streamed answer */
+#define ERRBODY_MAX  (64u << 10)   /* kept of an error body */
+#define MS           1000000ull
+
+/* ---- buffers --------------------------------------------------------- */
+
+int tpo_buf_put(struct tpo_buf *b, const void *s, size_t n)
+{
+	if (b->len + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap : 256;
+		char *p;
+		while (cap < b->len + n + 1)
+			cap *= 2;
+		p = realloc(b->p, cap);
+		if (!p)
+			return -ENOMEM;
+		b->p = p;
+		b->cap = cap;
+	}
+	if (n && s)                  /* s NULL: reserve only (callers fill) */
+		memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = 0;
+	return 0;
+}
+
+int tpo_buf_str(struct tpo_buf *b, const char *s)
+{
+	return tpo_buf_put(b, s, strlen(s));
+}
+
+int tpo_buf_json_str(struct tpo_buf *b, const char *s, size_t n)
+{
+	size_t need = tpo_json_escape(s, n, NULL, 0);
+	int err = tpo_buf_put(b, "\"", 1);
+
+	if (err < 0)
+		return err;
+	err = tpo_buf_put(b, NULL, need + 1);   /* room for the escape and its NUL */
+	if (err < 0)
+		return err;
+	b->len -= need + 1;
+	tpo_json_escape(s, n, b->p + b->len, need + 1);
+	b->len += need;
+	return tpo_buf_put(b, "\"", 1);
+}
+
+int tpo_buf_printf(struct tpo_buf *b, const char *fmt, ...)
+{
+	va_list ap;
+	int n, err;
+
+	va_start(ap, fmt);
+	n = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return -EINVAL;
+	err = tpo_buf_put(b, NULL, (size_t)n + 1);
+	if (err < 0)
+		return err;
+	b->len -= (size_t)n + 1;
+	va_start(ap, fmt);
+	vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	b->len += (size_t)n;
+	return 0;
+}
+
+void tpo_buf_free(struct tpo_buf *b)
+{
+	free(b->p);
+	memset(b, 0, sizeof(*b));
+}
+
+/* ---- state ----------------------------------------------------------- */
+
+struct ep {
+	char url[TPO_CONFIG_URL_LEN];    /* trailing '/' removed */
+	char model[TPO_CONFIG_MODEL_LEN];
+	char *key;                       /* API key (strdup), NULL: none */
+	uint32_t weight;
+	uint32_t inflight;
+	uint32_t fails;                  /* consecutive */
+	int state;                       /* enum tpo_ep_state */
+	uint64_t open_until;
+	int probe_busy;                  /* half-open: the probe is out */
+	int slot;                        /* stats slot, -1 none */
+	uint32_t slots;                  /* "#slots=N" of the URL, 0 none */
+};
+
+struct up {
+	const struct tpo_proto *proto;
+	struct tpo_config_timeouts to;
+	struct tpo_config_retries re;
+	struct tpo_config_breaker br;
+	int balance;
+	CURLM *multi;
+	struct ep ep[TPO_CONFIG_ENDPOINTS_MAX];
+	int nep;
+	struct tpo_stats *stats;
+	uint64_t rng;
+	int running;                     /* easy handles attached */
+};
+
+enum { C_RUNNING = 1, C_WAIT_RETRY, C_ENDED };
+enum { F_TRANSIENT, F_TIMEOUT, F_THROTTLE };
+
+struct tpo_up_call {
+	struct up *u;
+	struct tpo_job *job;
+	CURL *easy;
+	struct curl_slist *hdrs;
+	struct tpo_buf body, resp, scratch;
+	struct tpo_sse sse;
+	char errbuf[CURL_ERROR_SIZE];
+	int state;
+	int ep, probe, stream, sse_mode;
+	uint32_t attempts, tokens, attempt_tokens;
+	uint64_t sent_ns, last_ns, retry_at;
+	long status;
+	long retry_after_ms;             /* -1: none given */
+	int ended, finish, finish_hint;
+	int perr_set, perr_status;
+	char perr[256];
+	int abort_rc;                    /* the token sink refused */
+};
+
+static uint64_t rnd(struct up *u)
+{
+	u->rng ^= u->rng << 13;
+	u->rng ^= u->rng >> 7;
+	u->rng ^= u->rng << 17;
+	return u->rng;
+}
+
+static void ep_state(struct up *u, struct ep *e, int state, uint64_t now)
+{
+	if (e->state == state)
+		return;
+	e->state = state;
+	if (u->stats && e->slot >= 0)
+		tpo_stats_ep_set_state(u->stats, e->slot, state, now);
+}
+
+/* 0 no, 1 yes, 2 yes as the half-open probe. */
+static int ep_admit(struct up *u, struct ep *e, uint64_t now)
+{
+	if (e->state == TPO_EP_OPEN) {
+		if (now < e->open_until)
+			return 0;
+		ep_state(u, e, TPO_EP_HALF_OPEN, now);
+		e->probe_busy = 0;
+	}
+	if (e->state == TPO_EP_HALF_OPEN)
+		return e->probe_busy ? 0 : 2;
+	return 1;
+}
+
+static void ep_ok(struct up *u, struct ep *e, uint64_t now)
+{
+	e->fails = 0;
+	e->probe_busy = 0;
+	ep_state(u, e, TPO_EP_CLOSED, now);
+}
+
+static void ep_fail(struct up *u, struct ep *e, uint64_t now)
+{
+	e->fails++;
+	e->probe_busy = 0;
+	if (e->state == TPO_EP_HALF_OPEN || e->fails >= u->br.failures) {
+		e->open_until = now + (uint64_t)u->br.open_ms * MS;
+		ep_state(u, e, TPO_EP_OPEN, now);
+	}
+}
+
+static uint64_t mix64(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdull;
+	x ^= x >> 33;
+	x *= 0xc4ceb9fe1a85ec53ull;
+	x ^= x >> 33;
+	return x;
+}
+
+/*
+ * The endpoint for an attempt, or -1. least_inflight: fewest in flight
+ * relative to weight; session_hash: weighted rendezvous hashing of the
+ * session, so a session stays on its endpoint and only the sessions of an
+ * endpoint that goes away move. avoid (the endpoint that just failed) is
+ * taken only when nothing else is admissible.
+ */
+static int ep_pick(struct up *u, uint64_t session, int avoid, uint64_t now, int *probe)
+{
+	int best = -1, best_adm = 0;
+	double best_score = 0;
+
+	for (int pass = 0; pass < 2 && best < 0; pass++) {
+		for (int i = 0; i < u->nep; i++) {
+			struct ep *e = &u->ep[i];
+			double score;
+
+			if (pass == 0 && i == avoid && u->nep > 1)
+				continue;
+			/* ep_admit() moves open -> half-open; only ask once a
+			 * candidate would win, so no probe slot is taken in vain. */
+			if (e->state == TPO_EP_OPEN && now < e->open_until)
+				continue;
+			if (e->state == TPO_EP_HALF_OPEN && e->probe_busy)
+				continue;
+			if (u->balance == TPO_BALANCE_SESSION_HASH) {
+				uint64_t h = mix64(session ^ mix64((uint64_t)i + 1));
+				double x = ((double)(h >> 11) + 0.5) / 9007199254740992.0;
+				score = (double)e->weight / -log(x);
+			} else {
+				score = (double)e->weight / (double)(e->inflight + 1);
+			}
+			if (best < 0 || score > best_score) {
+				best = i;
+				best_score = score;
+			}
+		}
+	}
+	if (best >= 0) {
+		best_adm = ep_admit(u, &u->ep[best], now);
+		if (best_adm == 2)
+			u->ep[best].probe_busy = 1;
+	}
+	*probe = best_adm == 2;
+	return best_adm ? best : -1;
+}
+
+/* ---- protocol callbacks ---------------------------------------------- */
+
+int tpo_up_token(struct tpo_up_call *c, const char *text, size_t len)
+{
+	int err;
+
+	if (c->ended || len == 0)
+		return 0;
+	err = c->job->sink->token(c->job, text, len);
+	if (err < 0) {
+		c->abort_rc = err;
+		return err;
+	}
+	c->tokens++;
+	c->attempt_tokens++;
+	c->last_ns = tpo_now_ns();
+	c->job->wake_ns = c->last_ns + (uint64_t)c->u->to.idle_ms * MS;
+	return 0;
+}
+
+void tpo_up_end(struct tpo_up_call *c, int finish)
+{
+	if (c->ended)
+		return;
+	c->ended = 1;
+	c->finish = finish >= 0 ? finish : c->finish_hint >= 0 ? c->finish_hint : TPO_FINISH_STOP;
+	c->job->wake_ns = 1;      /* poll() finishes it outside curl's callbacks */
+}
+
+void tpo_up_finish_hint(struct tpo_up_call *c, int finish)
+{
+	c->finish_hint = finish;
+}
+
+int tpo_up_error(struct tpo_up_call *c, int status, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!c->perr_set) {
+		va_start(ap, fmt);
+		vsnprintf(c->perr, sizeof(c->perr), fmt, ap);
+		va_end(ap);
+		c->perr_set = 1;
+		c->perr_status = status;
+	}
+	return -EPROTO;
+}
+
+int tpo_up_json_str(struct tpo_up_call *c, const char *js, const jsmntok_t *toks,
+		    int ntoks, const char *path, const char **out)
+{
+	int i = tpo_json_find(js, toks, ntoks, 0, path), n, err;
+	size_t raw;
+
+	if (i < 0)
+		return i;
+	if (toks[i].type != JSMN_STRING)
+		return -ENOENT;
+	raw = (size_t)(toks[i].end - toks[i].start);
+	c->scratch.len = 0;
+	err = tpo_buf_put(&c->scratch, NULL, raw + 1);
+	if (err < 0)
+		return err;
+	n = tpo_json_get_string(js, &toks[i], c->scratch.p, raw + 1);
+	if (n < 0)
+		return n;
+	*out = c->scratch.p;
+	return n;
+}
+
+int tpo_up_finish_of(const char *reason)
+{
+	if (reason && (!strcmp(reason, "length") || !strcmp(reason, "max_tokens") ||
+		       !strcmp(reason, "limit")))
+		return TPO_FINISH_LENGTH;
+	return TPO_FINISH_STOP;
+}
+
+/* ---- transfers ------------------------------------------------------- */
+
+static int on_sse(void *arg, const char *event, const char *data, size_t len)
+{
+	struct tpo_up_call *c = arg;
+
+	if (c->ended)
+		return 0;
+	return c->u->proto->event(c, event, data, len);
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *arg)
+{
+	struct tpo_up_call *c = arg;
+	size_t len = size * n;
+
+	if (len >= 5 && !memcmp(p, "HTTP/", 5))
+		c->retry_after_ms = -1;        /* a new response (after 100 Continue) */
+	else if (len > 12 && !strncasecmp(p, "Retry-After:", 12)) {
+		char tmp[32];
+		size_t k = len - 12 < sizeof(tmp) - 1 ? len - 12 : sizeof(tmp) - 1;
+		char *e;
+		double v;
+		memcpy(tmp, p + 12, k);
+		tmp[k] = 0;
+		v = strtod(tmp, &e);
+		if (e != tmp && v >= 0 && v < 86400)
+			c->retry_after_ms = (long)(v * 1000);
+	}
+	return len;
+}
+
+static size_t on_data(char *p, size_t size, size_t n, void *arg)
+{
+	struct tpo_up_call *c = arg;
+	size_t len = size * n;
+	int err;
+
+	if (!c->status) {
+		char *ct = NULL;
+		curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &c->status);
+		curl_easy_getinfo(c->easy, CURLINFO_CONTENT_TYPE, &ct);
+		c->sse_mode = c->stream && c->status >= 200 && c->status < 300 &&
+			      (!ct || strcasestr(ct, "event-stream"));
+	}
+	if (c->ended)
+		return len;                    /* trailing bytes after the end marker */
+	if (c->perr_set)
+		return 0;
+	if (c->status < 200 || c->status >= 300) {
+		if (c->resp.len < ERRBODY_MAX)
+			tpo_buf_put(&c->resp, p, len < ERRBODY_MAX ? len : ERRBODY_MAX);
+		return len;
+	}
+	if (c->sse_mode) {
+		err = tpo_sse_feed(&c->sse, p, len);
+		if (err == -E2BIG)
+			tpo_up_error(c, 0, "an event-stream line longer than %u bytes",
+				     TPO_SSE_LINE_MAX);
+		else if (err < 0 && err != -EPROTO && !c->abort_rc)
+			c->abort_rc = err;
+		return err < 0 ? 0 : len;
+	}
+	if (c->resp.len + len > RESP_MAX) {
+		tpo_up_error(c, 0, "an answer larger than %u bytes", RESP_MAX);
+		return 0;
+	}
+	if (tpo_buf_put(&c->resp, p, len) < 0) {
+		c->abort_rc = -ENOMEM;
+		return 0;
+	}
+	return len;
+}
+
+static void detach(struct tpo_up_call *c)
+{
+	struct up *u = c->u;
+
+	if (!c->easy)
+		return;
+	curl_multi_remove_handle(u->multi, c->easy);
+	curl_easy_cleanup(c->easy);
+	c->easy = NULL;
+	curl_slist_free_all(c->hdrs);
+	c->hdrs = NULL;
+	u->running--;
+	if (c->ep >= 0) {
+		struct ep *e = &u->ep[c->ep];
+		e->inflight--;
+		if (c->probe)
+			e->probe_busy = 0;   /* no verdict: let another probe go */
+		if (u->stats)
+			tpo_stats_ep_add(u->stats, e->slot, -1, 0, 0);
+	}
+	c->probe = 0;
+}
+
+/* Ends the job with an error; c is freed by the stage's cancel(). */
+static void final_fail(struct tpo_up_call *c, int status, const char *msg)
+{
+	detach(c);
+	c->state = C_ENDED;
+	c->job->wake_ns = 0;
+	c->job->sink->fail(c->job, status, msg);
+}
+
+static void succeed(struct tpo_up_call *c, uint64_t now)
+{
+	struct up *u = c->u;
+
+	if (c->ep >= 0)
+		ep_ok(u, &u->ep[c->ep], now);
+	detach(c);
+	c->state = C_ENDED;
+	c->job->wake_ns = 0;
+	c->job->sink->done(c->job, c->finish);
+}
+
+static void schedule(struct tpo_up_call *c, uint64_t now, int kind, long status)
+{
+	struct up *u = c->u;
+	uint64_t delay_ms;
+
+	if ((status == 429 || status == 503) && c->retry_after_ms >= 0) {
+		delay_ms = (uint64_t)c->retry_after_ms;
+	} else {
+		uint64_t cap = u->re.base_ms;
+		for (uint32_t i = 1; i < c->attempts && cap < u->re.cap_ms; i++)
+			cap *= 2;
+		if (cap > u->re.cap_ms)
+			cap = u->re.cap_ms;
+		delay_ms = rnd(u) % (cap + 1);     /* full jitter */
+	}
+	(void)kind;
+	c->state = C_WAIT_RETRY;
+	c->retry_at = now + delay_ms * MS;
+	c->job->wake_ns = c->retry_at ? c->retry_at : 1;
+}
+
+static int launch(struct tpo_up_call *c, uint64_t now);
+
+/*
+ * One attempt failed. Retries if no token went out, attempts remain and
+ * the retry would start before the deadline; otherwise ends the job.
+ */
+static void attempt_fail(struct tpo_up_call *c, int kind, long status, int count,
+			 const char *what)
+{
+	struct up *u = c->u;
+	uint64_t now = tpo_now_ns();
+	const char *url = c->ep >= 0 ? u->ep[c->ep].url : "?";
+	char msg[512];
+	int final_status;
+
+	if (c->ep >= 0) {
+		if (count)
+			ep_fail(u, &u->ep[c->ep], now);
+		else if (c->probe)
+			u->ep[c->ep].probe_busy = 0;
+		if (u->stats)
+			tpo_stats_ep_add(u->stats, u->ep[c->ep].slot, 0, 0, 1);
+	}
+	detach(c);
+	final_status = kind == F_TIMEOUT ? 504 : (status == 429 ? 429 : 502);
+	if (c->tokens > 0) {
+		snprintf(msg, sizeof(msg), "upstream %s failed after %u tokens: %s", url,
+			 c->tokens, what);
+		final_fail(c, final_status, msg);
+		return;
+	}
+	if (c->attempts < u->re.max_attempts) {
+		schedule(c, now, kind, status);
+		if (!c->job->deadline_ns || c->retry_at < c->job->deadline_ns)
+			return;
+	}
+	snprintf(msg, sizeof(msg), "upstream %s: %s (%u attempt%s)", url, what, c->attempts,
+		 c->attempts == 1 ? "" : "s");
+	final_fail(c, final_status, msg);
+}
+
+/* The message of an upstream error body: error.message, message, error,
+ * detail, else the text itself. */
+static void error_text(struct tpo_up_call *c, char *out, size_t cap)
+{
+	static const char *const paths[] = { "error.message", "message", "error", "detail" };
+	jsmntok_t *t = NULL;
+	int nt;
+	const char *s;
+	size_t n = 0;
+
+	out[0] = 0;
+	if (!c->resp.len)
+		return;
+	nt = tpo_json_tokenize(c->resp.p, c->resp.len, &t, NULL);
+	if (nt > 0) {
+		for (size_t k = 0; k < sizeof(paths) / sizeof(paths[0]); k++) {
+			int len = tpo_up_json_str(c, c->resp.p, t, nt, paths[k], &s);
+			if (len > 0) {
+				snprintf(out, cap, "%.*s", len, s);
+				free(t);
+				return;
+			}
+		}
+	}
+	free(t);
+	for (size_t i = 0; i < c->resp.len && n + 1 < cap && n < 300; i++) {
+		unsigned char ch = (unsigned char)c->resp.p[i];
+		out[n++] = (ch < 0x20 || ch == 0x7f) ? ' ' : (char)ch;
+	}
+	while (n && out[n - 1] == ' ')
+		n--;
+	out[n] = 0;
+}
+
+/* A transfer ended (curl says so). */
+static void complete(struct tpo_up_call *c, CURLcode rc)
+{
+	struct up *u = c->u;
+	uint64_t now = tpo_now_ns();
+	char what[400], body[320];
+
+	if (c->abort_rc) {
+		/* The stage is stopping or out of memory: nobody to answer. */
+		final_fail(c, 500, "the infer stage could not forward the answer");
+		return;
+	}
+	if (c->ended) {
+		succeed(c, now);
+		return;
+	}
+	if (!c->status)
+		curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &c->status);
+	if (c->perr_set) {
+		snprintf(what, sizeof(what), "%s", c->perr);
+		attempt_fail(c, F_TRANSIENT, c->perr_status, 1, what);
+		return;
+	}
+	if (rc != CURLE_OK) {
+		snprintf(what, sizeof(what), "%s%s%s", curl_easy_strerror(rc),
+			 c->errbuf[0] ? ": " : "", c->errbuf);
+		attempt_fail(c, rc == CURLE_OPERATION_TIMEDOUT ? F_TIMEOUT : F_TRANSIENT, 0, 1,
+			     what);
+		return;
+	}
+	if (c->status >= 200 && c->status < 300) {
+		if (!c->sse_mode) {
+			int err = c->resp.len ? u->proto->body(c, c->resp.p, c->resp.len)
+					      : tpo_up_error(c, 0, "an empty answer");
+			if (c->abort_rc) {
+				final_fail(c, 500, "the infer stage could not forward the answer");
+				return;
+			}
+			if (err < 0 && !c->perr_set)
+				tpo_up_error(c, 0, "an answer it could not read");
+			if (!c->ended && !c->perr_set && c->finish_hint >= 0)
+				tpo_up_end(c, c->finish_hint);
+		} else if (!c->ended && !c->perr_set && c->finish_hint >= 0) {
+			tpo_up_end(c, c->finish_hint);   /* no end marker, but a finish reason */
+		}
+		if (c->ended) {
+			succeed(c, now);
+			return;
+		}
+		attempt_fail(c, F_TRANSIENT, 0, 1, c->perr_set ? c->perr :
+			     "the answer stream ended before it was complete");
+		return;
+	}
+	error_text(c, body, sizeof(body));
+	snprintf(what, sizeof(what), "HTTP %ld%s%s", c->status, body[0] ? ": " : "", body);
+	if (c->status >= 400 && c->status < 500 && c->status != 408 && c->status != 429) {
+		/* The request itself is wrong (model, key, size): say so as is. */
+		if (c->ep >= 0)
+			ep_ok(u, &u->ep[c->ep], now);
+		snprintf(what, sizeof(what), "%s", body[0] ? body : "upstream rejected the request");
+		final_fail(c, (int)c->status, what);
+		return;
+	}
+	attempt_fail(c, c->status == 429 ? F_THROTTLE : F_TRANSIENT, c->status,
+		     c->status != 429, what);
+}
+
+static int launch(struct tpo_up_call *c, uint64_t now)
+{
+	struct up *u = c->u;
+	struct tpo_job *job = c->job;
+	struct tpo_up_req r;
+	char path[256], url[TPO_CONFIG_URL_LEN + 256];
+	const char *p;
+	struct ep *e;
+	int probe, i, err;
+	uint64_t total_ms;
+
+	c->attempts++;
+	i = ep_pick(u, job->session_hash, c->ep, now, &probe);
+	if (i < 0) {
+		if (c->attempts < u->re.max_attempts) {
+			schedule(c, now, F_TRANSIENT, 0);
+			if (!job->deadline_ns || c->retry_at < job->deadline_ns)
+				return 0;
+		}
+		final_fail(c, 503, "no upstream model endpoint is available: every endpoint's "
+			   "circuit breaker is open");
+		return 0;
+	}
+	e = &u->ep[i];
+	c->ep = i;
+	c->probe = probe;
+	memset(&r, 0, sizeof(r));
+	r.prompt = job->prompt;
+	r.prompt_len = job->prompt_len;
+	r.model = e->model[0] ? e->model : (job->model ? job->model : "");
+	r.max_tokens = job->max_tokens;
+	r.seed = job->seed;
+	r.session_hash = job->session_hash;
+	r.stream = c->stream;
+	r.chat = !!(job->flags & TPO_REQF_CHAT);
+	r.api_key = e->key;
+	r.slots = e->slots;
+	c->body.len = 0;
+	path[0] = 0;
+	err = u->proto->request(&r, path, sizeof(path), &c->hdrs, &c->body);
+	if (err < 0)
+		goto fail;
+	p = path;
+	{
+		size_t ul = strlen(e->url);
+		if (ul >= 3 && !strcmp(e->url + ul - 3, "/v1") && !strncmp(p, "/v1/", 4))
+			p += 3;
+	}
+	snprintf(url, sizeof(url), "%s%s", e->url, p);
+	c->hdrs = curl_slist_append(c->hdrs, "Content-Type: application/json");
+	c->hdrs = curl_slist_append(c->hdrs, "Expect:");
+	if (c->stream)
+		c->hdrs = curl_slist_append(c->hdrs, "Accept: text/event-stream");
+	c->easy = curl_easy_init();
+	if (!c->easy || !c->hdrs) {
+		err = -ENOMEM;
+		goto fail;
+	}
+	total_ms = u->to.total_ms;
+	if (job->deadline_ns) {
+		uint64_t left = job->deadline_ns > now ? (job->deadline_ns - now) / MS + 1 : 1;
+		if (left < total_ms)
+			total_ms = left;
+	}
+	c->errbuf[0] = 0;
+	curl_easy_setopt(c->easy, CURLOPT_URL, url);
+	curl_easy_setopt(c->easy, CURLOPT_POST, 1L);
+	curl_easy_setopt(c->easy, CURLOPT_POSTFIELDS, c->body.p);
+	curl_easy_setopt(c->easy, CURLOPT_POSTFIELDSIZE, (long)c->body.len);
+	curl_easy_setopt(c->easy, CURLOPT_HTTPHEADER, c->hdrs);
+	curl_easy_setopt(c->easy, CURLOPT_WRITEFUNCTION, on_data);
+	curl_easy_setopt(c->easy, CURLOPT_WRITEDATA, c);
+	curl_easy_setopt(c->easy, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(c->easy, CURLOPT_HEADERDATA, c);
+	curl_easy_setopt(c->easy, CURLOPT_PRIVATE, c);
+	curl_easy_setopt(c->easy, CURLOPT_ERRORBUFFER, c->errbuf);
+	curl_easy_setopt(c->easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)u->to.connect_ms);
+	curl_easy_setopt(c->easy, CURLOPT_TIMEOUT_MS, (long)total_ms);
+	curl_easy_setopt(c->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(c->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	if (curl_multi_add_handle(u->multi, c->easy) != CURLM_OK) {
+		curl_easy_cleanup(c->easy);
+		c->easy = NULL;
+		err = -ENOMEM;
+		goto fail;
+	}
+	u->running++;
+	e->inflight++;
+	if (u->stats)
+		tpo_stats_ep_add(u->stats, e->slot, 1, 1, 0);
+	c->state = C_RUNNING;
+	c->sent_ns = now;
+	c->attempt_tokens = 0;
+	c->status = 0;
+	c->retry_after_ms = -1;
+	c->perr_set = 0;
+	c->finish_hint = -1;
+	c->sse_mode = 0;
+	c->resp.len = 0;
+	tpo_sse_reset(&c->sse);
+	job->wake_ns = now + (uint64_t)u->to.first_token_ms * MS;
+	return 0;
+fail:
+	curl_slist_free_all(c->hdrs);
+	c->hdrs = NULL;
+	if (probe)
+		e->probe_busy = 0;
+	c->probe = 0;
+	final_fail(c, 500, "the infer stage could not build the upstream request");
+	return err;
+}
+
+/* ---- worker ops ------------------------------------------------------ */
+
+static int up_start(void *w, struct tpo_job *job)
+{
+	struct up *u = w;
+	struct tpo_up_call *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return -ENOMEM;
+	c->u = u;
+	c->job = job;
+	c->ep = -1;
+	c->finish_hint = -1;
+	c->stream = !!(job->flags & TPO_REQF_STREAM);
+	tpo_sse_init(&c->sse, on_sse, c);
+	job->worker_state = c;
+	launch(c, tpo_now_ns());
+	return 0;
+}
+
+static void up_poll(void *w, struct tpo_job *job, uint64_t now)
+{
+	struct up *u = w;
+	struct tpo_up_call *c = job->worker_state;
+	char what[128];
+
+	if (!c)
+		return;
+	if (c->state == C_WAIT_RETRY) {
+		if (now >= c->retry_at)
+			launch(c, now);
+		else
+			job->wake_ns = c->retry_at;
+		return;
+	}
+	if (c->state != C_RUNNING)
+		return;
+	if (c->ended) {
+		succeed(c, now);
+		return;
+	}
+	if (c->attempt_tokens == 0 && now >= c->sent_ns + (uint64_t)u->to.first_token_ms * MS) {
+		snprintf(what, sizeof(what), "no token within %u ms (timeouts.first_token_ms)",
+			 u->to.first_token_ms);
+		attempt_fail(c, F_TIMEOUT, 0, 1, what);
+		return;
+	}
+	if (c->attempt_tokens > 0 && now >= c->last_ns + (uint64_t)u->to.idle_ms * MS) {
+		snprintf(what, sizeof(what), "no token for %u ms (timeouts.idle_ms)",
+			 u->to.idle_ms);
+		attempt_fail(c, F_TIMEOUT, 0, 1, what);
+		return;
+	}
+	job->wake_ns = c->attempt_tokens ? c->last_ns + (uint64_t)u->to.idle_ms * MS
+					 : c->sent_ns + (uint64_t)u->to.first_token_ms * MS;
+}
+
+static void up_cancel(void *w, struct tpo_job *job)
+{
+	struct tpo_up_call *c = job->worker_state;
+
+	(void)w;
+	if (!c)
+		return;
+	detach(c);
+	tpo_sse_fini(&c->sse);
+	tpo_buf_free(&c->body);
+	tpo_buf_free(&c->resp);
+	tpo_buf_free(&c->scratch);
+	free(c);
+	job->worker_state = NULL;
+	job->wake_ns = 0;
+}
+
+static void up_drive(void *w, uint64_t now)
+{
+	struct up *u = w;
+	CURLMsg *m;
+	int still, left;
+
+	(void)now;
+	if (!u->running)
+		return;
+	curl_multi_perform(u->multi, &still);
+	while ((m = curl_multi_info_read(u->multi, &left))) {
+		struct tpo_up_call *c = NULL;
+		if (m->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&c);
+		if (c)
+			complete(c, m->data.result);
+	}
+}
+
+static int up_wait(void *w, int bell, int timeout_ms)
+{
+	struct up *u = w;
+	struct curl_waitfd wfd = { .fd = bell, .events = CURL_WAIT_POLLIN };
+	int n;
+	CURLMcode rc = curl_multi_poll(u->multi, bell >= 0 ? &wfd : NULL, bell >= 0 ? 1 : 0,
+				       timeout_ms, &n);
+
+	return rc == CURLM_OK ? 0 : -EIO;
+}
+
+static void up_destroy(void *w)
+{
+	struct up *u = w;
+
+	if (!u)
+		return;
+	for (int i = 0; i < u->nep; i++)
+		free(u->ep[i].key);
+	curl_multi_cleanup(u->multi);
+	free(u);
+}
+
+const struct tpo_worker_ops tpo_upstream_ops = {
+	.name = "upstream",
+	.start = up_start,
+	.poll = up_poll,
+	.cancel = up_cancel,
+	.drive = up_drive,
+	.wait = up_wait,
+	.destroy = up_destroy,
+};
+
+int tpo_upstream_create(const struct tpo_config_infer *cfg, const struct tpo_proto *proto,
+			struct tpo_stats *stats, int lane, void **w, char *err, size_t errcap)
+{
+	static int curl_ready;
+	struct up *u;
+
+	if (cfg->nendpoints < 1) {
+		snprintf(err, errcap, "stages.infer.endpoints: worker \"%s\" needs at least one "
+			 "endpoint", proto->name);
+		return -EINVAL;
+	}
+	if (!curl_ready) {
+		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+			snprintf(err, errcap, "libcurl initialisation failed");
+			return -EIO;
+		}
+		curl_ready = 1;
+	}
+	u = calloc(1, sizeof(*u));
+	if (!u)
+		goto nomem;
+	u->proto = proto;
+	u->to = cfg->timeouts;
+	u->re = cfg->retries;
+	u->br = cfg->breaker;
+	if (!u->re.max_attempts)
+		u->re.max_attempts = 1;
+	if (!u->br.failures)
+		u->br.failures = 1;
+	u->balance = cfg->balance;
+	u->stats = stats;
+	u->rng = mix64((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ tpo_now_ns()) | 1;
+	u->multi = curl_multi_init();
+	if (!u->multi)
+		goto nomem;
+	u->nep = cfg->nendpoints;
+	for (int i = 0; i < u->nep; i++) {
+		const struct tpo_config_endpoint *ce = &cfg->endpoints[i];
+		struct ep *e = &u->ep[i];
+		size_t n;
+		char name[TPO_STATS_EP_NAME_LEN];
+
+		snprintf(e->url, sizeof(e->url), "%s", ce->url);
+		{
+			char *frag = strchr(e->url, '#');
+			if (frag) {
+				if (!strncmp(frag, "#slots=", 7))
+					e->slots = (uint32_t)strtoul(frag + 7, NULL, 10);
+				*frag = 0;
+			}
+		}
+		n = strlen(e->url);
+		while (n && e->url[n - 1] == '/')
+			e->url[--n] = 0;
+		snprintf(e->model, sizeof(e->model), "%s", ce->model);
+		e->weight = ce->weight ? ce->weight : 1;
+		e->slot = -1;
+		if (ce->api_key_env[0]) {
+			const char *k = getenv(ce->api_key_env);
+			if (!k || !*k)
+				fprintf(stderr, "<4>tpo-infer: stages.infer.endpoints[%d]: environment "
+					"variable %s is not set: sending no API key\n", i,
+					ce->api_key_env);
+			else if (!(e->key = strdup(k)))
+				goto nomem;
+		}
+		if (stats) {
+			snprintf(name, sizeof(name), "%s/%d", proto->name, i);
+			e->slot = tpo_stats_ep_claim(stats, lane, i, name, e->url);
+			if (e->slot < 0)
+				e->slot = -1;
+		}
+	}
+	*w = u;
+	return 0;
+nomem:
+	up_destroy(u);
+	snprintf(err, errcap, "out of memory");
+	return -ENOMEM;
+}
