@@ -1,0 +1,719 @@
+#!/usr/bin/env bash
+# bench/pipeline.sh BUILD — the pipeline scenarios of `make bench` (issue 7,
+# scenarios 2–6), run against the real supervisor with the mock worker at
+# unlimited speed, each next to a baseline measured in the same run:
+#
+#   2 capacity   closed loop, non-streaming and streaming (64 tokens)
+#   3 overhead   open loop at 25/50/75/90 % of tpo's capacity, tpo against
+#                `tpo-bench --serve` (a bare OpenAI-compatible responder: one
+#                HTTP hop, no pipeline), and against the npm mock-llm
+#   4 surge      3x capacity for 10 s between two 50 % phases
+#   5 chaos      SIGKILL a random stage process every second for 30 s
+#   6 memory     RSS per stage process and shm at 1k and 10k open streams
+#
+# Writes bench/results/pipeline.json and pipeline.md (plus SVG plots when
+# gnuplot is there; it is installed with apt-get if missing and possible).
+# Knobs: TPO_BENCH_RUNS (3), TPO_BENCH_DURATION (4 s per point),
+# TPO_BENCH_SKIP="mockllm chaos memory ..." (scenarios to skip),
+# TPO_MOCKLLM_DIR (/tmp/tpo-bench-node: where npm installs mock-llm).
+# Leaves no process and no /dev/shm/tpo.* behind, whatever happens.
+set -u
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BUILD=${1:-build}
+case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
+BENCH=$BUILD/tpo-bench
+SUP=$BUILD/tpo-supervisor
+RES=$ROOT/bench/results
+RUNS=${TPO_BENCH_RUNS:-3}
+DUR=${TPO_BENCH_DURATION:-4}
+SKIP=" ${TPO_BENCH_SKIP:-} "
+MOCKLLM_DIR=${TPO_MOCKLLM_DIR:-/tmp/tpo-bench-node}
+NAME=pb$$
+TMP=$(mktemp -d /tmp/tpo-pipeline.XXXXXX)
+R=$TMP/r
+mkdir -p "$R" "$RES"
+
+SUP_PID= SERVE_PID= MOCK_PID= KILLER_PID= LOAD_PID=
+
+log() { printf 'pipeline: %s\n' "$*" >&2; }
+skipped() { case $SKIP in *" $1 "*) return 0 ;; esac; return 1; }
+
+stop_pid() {  # pid: TERM, wait up to 15 s, then KILL
+	local p=$1 i
+	[ -n "$p" ] || return 0
+	kill -0 "$p" 2>/dev/null || { wait "$p" 2>/dev/null; return 0; }
+	kill -TERM "$p" 2>/dev/null
+	for i in $(seq 150); do
+		kill -0 "$p" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$p" 2>/dev/null
+	wait "$p" 2>/dev/null
+	return 0
+}
+
+cleanup() {
+	stop_pid "$KILLER_PID"; stop_pid "$LOAD_PID"
+	stop_pid "$SUP_PID"; stop_pid "$SERVE_PID"; stop_pid "$MOCK_PID"
+	rm -f /dev/shm/tpo."$NAME".* 2>/dev/null
+	rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+for f in "$BENCH" "$SUP"; do
+	[ -x "$f" ] || { log "fatal: $f missing: build first (make BUILD=...)"; exit 111; }
+done
+command -v python3 >/dev/null || { log "fatal: python3 is needed for the report"; exit 111; }
+command -v curl >/dev/null || { log "fatal: curl is needed"; exit 111; }
+
+free_port() {
+	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# field FILE... EXPR: median over the JSON files of a python expression on d
+median() {
+	local expr=$1; shift
+	python3 - "$expr" "$@" <<'EOF'
+import json, statistics, sys
+expr = sys.argv[1]
+v = [eval(expr, {}, {"d": json.load(open(f))}) for f in sys.argv[2:]]
+print(statistics.median(v) if v else 0)
+EOF
+}
+
+# ---- the machine ----
+python3 - "$R/machine.json" <<'EOF'
+import json, os, platform, subprocess, sys
+def sh(c):
+    try: return subprocess.run(c, shell=True, capture_output=True, text=True).stdout.strip()
+    except Exception: return ""
+m = {
+  "cpu": sh("lscpu | sed -n 's/^Model name: *//p'"),
+  "cores": os.cpu_count(),
+  "hypervisor": sh("lscpu | sed -n 's/^Hypervisor vendor: *//p'"),
+  "kernel": platform.release(),
+  "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+  "os": sh(". /etc/os-release && echo $PRETTY_NAME"),
+  "loadavg_start": open("/proc/loadavg").read().split()[:3],
+  "date": sh("date -u +%Y-%m-%dT%H:%M:%SZ"),
+}
+json.dump(m, open(sys.argv[1], "w"))
+EOF
+
+# ---- tpo ----
+PORT=$(free_port)
+LISTEN=127.0.0.1:$PORT
+URL=http://$LISTEN/v1/chat/completions
+
+# config KIND: cap (admission limits high), surge (default admission),
+# chaos (cap + fast restarts, no circuit), mem (cap + 10000 infer jobs)
+config() {
+	local kind=$1 adm restart='{}' inflight=256
+	adm='{"max_inflight_per_lane":1000000,"max_connections":100000,"request_timeout_ms":60000,"idle_timeout_ms":600000}'
+	[ "$kind" = surge ] && adm='{"policy":"reject_new","request_timeout_ms":10000}'
+	[ "$kind" = chaos ] && restart='{"base_ms":10,"cap_ms":200,"max_restarts":63,"window_ms":1000,"stable_ms":1000}'
+	# infer scans all max_inflight job slots per loop: only mem needs many
+	[ "$kind" = mem ] && inflight=10000
+	cat > "$TMP/$kind.json" <<EOF
+{"name":"$NAME","listen":"$LISTEN","log_level":"warning",
+ "admission":$adm,"restart":$restart,
+ "stages":{"infer":{"worker":"mock","max_inflight":$inflight,
+   "mock":{"tokens_per_second":0,"max_tokens":64,"seed":1}}}}
+EOF
+	echo "$TMP/$kind.json"
+}
+
+start_tpo() {  # config file
+	local i code
+	"$SUP" start -c "$1" --name "$NAME" >>"$TMP/sup.log" 2>&1 &
+	SUP_PID=$!
+	for i in $(seq 100); do
+		code=$(curl -s -o /dev/null -w '%{http_code}' "http://$LISTEN/readyz" 2>/dev/null)
+		[ "$code" = 200 ] && return 0
+		kill -0 "$SUP_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	log "tpo did not become ready; supervisor log:"; tail -20 "$TMP/sup.log" >&2
+	return 1
+}
+
+stop_tpo() {
+	stop_pid "$SUP_PID"; SUP_PID=
+	if ls /dev/shm/tpo."$NAME".* >/dev/null 2>&1; then
+		log "warning: the supervisor left /dev/shm/tpo.$NAME.* behind"
+		rm -f /dev/shm/tpo."$NAME".*
+	fi
+}
+
+stage_pids() {  # "stage lane pid" of running stage processes
+	"$SUP" status --name "$NAME" 2>/dev/null |
+		awk '$1 ~ /^(stream|rag|assemble|infer|post)$/ && $5 == "running" { print $1, $2, $4 }'
+}
+
+restarts_total() {
+	"$SUP" status --name "$NAME" 2>/dev/null |
+		awk '$1 ~ /^(stream|rag|assemble|infer|post)$/ { n += $6 } END { print n + 0 }'
+}
+
+snapshot() {  # out.json: VmRSS per stage process, /dev/shm use, open streams
+	stage_pids > "$TMP/pids.txt"
+	python3 - "$1" "$NAME" "$PORT" "$TMP/pids.txt" <<'EOF'
+import glob, json, os, subprocess, sys
+out, name, port, pids = sys.argv[1:5]
+procs = []
+for line in open(pids):
+    stage, lane, pid = line.split()
+    rss = shm_rss = 0
+    try:
+        for l in open(f"/proc/{pid}/status"):
+            if l.startswith("VmRSS:"): rss = int(l.split()[1])
+        cur = None
+        for l in open(f"/proc/{pid}/smaps"):
+            f = l.split()
+            if len(f) >= 6 and "-" in f[0]: cur = f[5]
+            elif f and f[0] == "Rss:" and cur and cur.startswith(f"/dev/shm/tpo.{name}."):
+                shm_rss += int(f[1])
+    except OSError:
+        continue
+    procs.append({"stage": stage, "lane": int(lane), "pid": int(pid),
+                  "vmrss_kib": rss, "shm_rss_kib": shm_rss, "private_kib": rss - shm_rss})
+segs = {}
+for p in glob.glob(f"/dev/shm/tpo.{name}.*"):
+    st = os.stat(p)
+    segs[os.path.basename(p)] = {"size_kib": st.st_size // 1024, "resident_kib": st.st_blocks // 2}
+ss = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                    capture_output=True, text=True).stdout
+json.dump({"procs": procs, "shm": segs, "open_conns": len(ss.splitlines())}, open(out, "w"))
+EOF
+}
+
+bench() {  # out.json args...
+	local out=$1; shift
+	"$BENCH" --quiet --json "$out" "$@" || log "warning: tpo-bench $* exited $?"
+	[ -s "$out" ] || echo '{}' > "$out"
+}
+
+# the bare baseline, alive for the whole run (idle when not measured)
+SPORT=$(free_port)
+"$BENCH" --serve 127.0.0.1:$SPORT 2>>"$TMP/serve.log" &
+SERVE_PID=$!
+SURL=http://127.0.0.1:$SPORT/v1/chat/completions
+sleep 0.3
+
+T_START=$(date +%s)
+
+# ---- 2 capacity ----
+log "capacity: closed loop, $RUNS runs x ${DUR}s per target and mode"
+start_tpo "$(config cap)" || exit 111
+for run in $(seq "$RUNS"); do
+	for tgt in tpo base; do
+		u=$URL; [ $tgt = base ] && u=$SURL
+		bench "$R/cap.$tgt.plain.$run.json" --url "$u" --mode closed --concurrency 128 \
+			--duration "$DUR" --warmup 1 --max-tokens 64 --timeout-ms 10000
+		bench "$R/cap.$tgt.stream.$run.json" --url "$u" --mode closed --concurrency 64 \
+			--duration "$DUR" --warmup 1 --max-tokens 64 --stream --timeout-ms 10000
+	done
+done
+CAP_PLAIN=$(median 'd["total"]["ok_per_s"]' "$R"/cap.tpo.plain.*.json)
+CAP_STREAM=$(median 'd["total"]["ok_per_s"]' "$R"/cap.tpo.stream.*.json)
+log "capacity: tpo $CAP_PLAIN req/s non-streaming, $CAP_STREAM req/s streaming (medians)"
+
+# ---- 3 overhead against the bare baseline ----
+if ! skipped overhead; then
+	for kind in plain stream; do
+		cap=$CAP_PLAIN; extra=()
+		[ $kind = stream ] && { cap=$CAP_STREAM; extra=(--stream); }
+		for pct in 25 50 75 90; do
+			rate=$(python3 -c "print(max(1, int($cap * $pct / 100)))")
+			n=1; case $pct in 50|90) n=$RUNS ;; esac
+			log "overhead: $kind at $pct % = $rate req/s, $n run(s)"
+			for run in $(seq $n); do
+				for tgt in tpo base; do
+					u=$URL; [ $tgt = base ] && u=$SURL
+					bench "$R/ovh.$kind.$pct.$tgt.$run.json" --url "$u" --mode open \
+						--rate "$rate" --duration "$DUR" --warmup 1 --max-tokens 64 \
+						--timeout-ms 10000 "${extra[@]}"
+				done
+			done
+		done
+	done
+fi
+stop_tpo
+
+# ---- 3b against the npm mock-llm (a real, if slow, OpenAI-compatible upstream) ----
+if ! skipped mockllm; then
+	ML=$MOCKLLM_DIR/node_modules/@dwmkerr/mock-llm/dist/main.js
+	if [ ! -f "$ML" ] && command -v npm >/dev/null; then
+		log "mock-llm: npm install @dwmkerr/mock-llm into $MOCKLLM_DIR"
+		mkdir -p "$MOCKLLM_DIR"
+		(cd "$MOCKLLM_DIR" && timeout 300 npm install --no-audit --no-fund --silent \
+			@dwmkerr/mock-llm >>"$TMP/npm.log" 2>&1) || log "mock-llm: npm install failed"
+	fi
+	if [ -f "$ML" ] && command -v node >/dev/null; then
+		MPORT=$(free_port)
+		printf 'streaming:\n  chunkSize: 5\n  chunkIntervalMs: 0\n' > "$TMP/mockllm.yaml"
+		HOST=127.0.0.1 PORT=$MPORT node "$ML" --config "$TMP/mockllm.yaml" >"$TMP/mockllm.log" 2>&1 &
+		MOCK_PID=$!
+		MURL=http://127.0.0.1:$MPORT/v1/chat/completions
+		for i in $(seq 100); do
+			curl -s -o /dev/null "http://127.0.0.1:$MPORT/health" && break
+			sleep 0.1
+		done
+		# mock-llm echoes the prompt in 5-character chunks: 320 characters, 64 chunks
+		P=$(python3 -c 'print(("tpo " * 80)[:320])')
+		bench "$R/ml.cap.json" --url "$MURL" --mode closed --concurrency 32 --duration 3 \
+			--warmup 1 --prompt "$P" --timeout-ms 10000
+		MCAP=$(median 'd["total"]["ok_per_s"]' "$R/ml.cap.json")
+		log "mock-llm: capacity $MCAP req/s"
+		start_tpo "$(config cap)" || exit 111
+		for pct in 50 90; do
+			rate=$(python3 -c "print(max(1, int($MCAP * $pct / 100)))")
+			for tgt in tpo ml; do
+				u=$URL; [ $tgt = ml ] && u=$MURL
+				bench "$R/ml.plain.$pct.$tgt.json" --url "$u" --mode open --rate "$rate" \
+					--duration "$DUR" --warmup 1 --prompt "$P" --timeout-ms 10000
+			done
+		done
+		rate=$(python3 -c "print(max(1, int($MCAP * 0.5)))")
+		for tgt in tpo ml; do
+			u=$URL; [ $tgt = ml ] && u=$MURL
+			bench "$R/ml.stream.50.$tgt.json" --url "$u" --mode open --rate "$rate" \
+				--duration "$DUR" --warmup 1 --prompt "$P" --stream --timeout-ms 10000
+		done
+		stop_tpo
+		stop_pid "$MOCK_PID"; MOCK_PID=
+	else
+		log "mock-llm: not available (npm/node missing or install failed): --serve is the only baseline"
+		echo '{"skipped":"mock-llm not installable"}' > "$R/ml.skip.json"
+	fi
+fi
+
+# ---- 4 surge ----
+if ! skipped surge; then
+	lo=$(python3 -c "print(int($CAP_PLAIN * 0.5))")
+	hi=$(python3 -c "print(int($CAP_PLAIN * 3))")
+	log "surge: $lo req/s 5 s, $hi req/s 10 s, $lo req/s 10 s (reject_new, default admission)"
+	start_tpo "$(config surge)" || exit 111
+	sleep 0.5
+	snapshot "$R/mem.default.json"
+	bench "$R/surge.tpo.json" --url "$URL" --mode open --profile "$lo:5,$hi:10,$lo:10" \
+		--warmup 1 --max-tokens 64 --timeout-ms 10000 --max-conns 10000
+	curl -s -o /dev/null -w '%{http_code}' "$URL" -d '{"model":"tpo-mock","messages":[{"role":"user","content":"after"}]}' \
+		> "$R/surge.after.txt"
+	stop_tpo
+fi
+
+# ---- 5 chaos ----
+if ! skipped chaos; then
+	crate=$(python3 -c "print(max(100, min(1000, int($CAP_STREAM * 0.25))))")
+	log "chaos: $crate streamed req/s (64 tokens at 2000 tok/s), 10 s calm then 30 s of SIGKILL/s"
+	start_tpo "$(config chaos)" || exit 111
+	"$BENCH" --quiet --json "$R/chaos.tpo.json" --url "$URL" --mode open \
+		--profile "$crate:10,$crate:30" --warmup 1 --stream --max-tokens 64 \
+		--prompt "[[tpo:tps=2000]] chaos" --timeout-ms 15000 --max-conns 10000 &
+	LOAD_PID=$!
+	(
+		sleep 11
+		end=$(( $(date +%s) + 30 ))
+		while [ "$(date +%s)" -lt "$end" ]; do
+			line=$(stage_pids | shuf -n 1)
+			if [ -n "$line" ]; then
+				set -- $line
+				kill -KILL "$3" 2>/dev/null && echo "$(date +%s.%N) $1 $2 $3"
+			fi
+			sleep 1
+		done
+	) > "$R/chaos.kills.txt" &
+	KILLER_PID=$!
+	wait "$KILLER_PID"; KILLER_PID=
+	wait "$LOAD_PID"; LOAD_PID=
+	[ -s "$R/chaos.tpo.json" ] || echo '{}' > "$R/chaos.tpo.json"
+	restarts_total > "$R/chaos.restarts.txt"
+	sleep 1
+	curl -s -o /dev/null -w '%{http_code}' "$URL" -d '{"model":"tpo-mock","messages":[{"role":"user","content":"after"}]}' \
+		> "$R/chaos.after.txt"
+	"$SUP" status --name "$NAME" > "$R/chaos.status.txt" 2>&1
+	stop_tpo
+fi
+
+# ---- 6 memory ----
+
+if ! skipped memory; then
+	start_tpo "$(config mem)" || exit 111
+	sleep 0.5
+	snapshot "$R/mem.idle.json"
+	for n in 1000 10000; do
+		ramp=$(python3 -c "print(max(1, $n / 2500))")
+		log "memory: $n open streams (1 token/s), ramp ${ramp}s"
+		"$BENCH" --quiet --json "$R/mem.$n.bench.json" --url "$URL" --mode closed \
+			--concurrency "$n" --ramp "$ramp" --duration "$(python3 -c "print($ramp + 5)")" \
+			--stream --max-tokens 64 --prompt "[[tpo:tps=1]] hold" --drain-ms 0 \
+			--timeout-ms 60000 &
+		LOAD_PID=$!
+		sleep "$(python3 -c "print($ramp + 3)")"
+		snapshot "$R/mem.$n.json"
+		wait "$LOAD_PID"; LOAD_PID=
+		sleep 1
+	done
+	stop_tpo
+fi
+
+stop_pid "$SERVE_PID"; SERVE_PID=
+echo $(( $(date +%s) - T_START )) > "$R/elapsed.txt"
+
+# ---- the report ----
+if ! command -v gnuplot >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+	log "installing gnuplot-nox for the plots"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q gnuplot-nox >>"$TMP/apt.log" 2>&1 ||
+		log "gnuplot install failed: tables only"
+fi
+python3 - "$R" "$RES" "$RUNS" "$DUR" <<'EOF' || exit 1
+import glob, json, os, shutil, statistics, subprocess, sys
+R, RES, RUNS, DUR = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+
+def load(p):
+    try:
+        return json.load(open(p))
+    except Exception:
+        return {}
+def files(pat):
+    return sorted(glob.glob(os.path.join(R, pat)))
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+def g(d, *path):
+    for k in path:
+        if not isinstance(d, (dict, list)):
+            return None
+        try:
+            d = d[k]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return d
+def lat(d, h, q, ph=None):
+    s = d.get("total") if ph is None else g(d, "phases", ph)
+    return g(s, "latency_us", h, q)
+def ratio(a, b):
+    return round(a / b, 2) if a is not None and b else None
+def r1(x):
+    return None if x is None else round(x, 1)
+def fmt(x, unit=""):
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        x = round(x, 1) if abs(x) < 1000 else round(x)
+    return f"{x:,}{unit}" if isinstance(x, int) else f"{x}{unit}"
+
+machine = load(os.path.join(R, "machine.json"))
+machine["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+out = {"machine": machine, "runs": RUNS, "duration_s": DUR}
+try:
+    out["elapsed_s"] = int(open(os.path.join(R, "elapsed.txt")).read())
+except Exception:
+    pass
+md = []
+md.append("# tpo pipeline benchmarks (`make bench`, bench/pipeline.sh)\n")
+md.append(f"Machine: {machine.get('cpu')} — {machine.get('cores')} vCPUs ({machine.get('hypervisor') or 'bare metal'}), "
+          f"{machine.get('mem_gib')} GiB, {machine.get('os')}, Linux {machine.get('kernel')}; {machine.get('date')}. "
+          f"Load average at start {' '.join(machine.get('loadavg_start', []))}, at end {' '.join(machine['loadavg_end'])}. "
+          "The load generator (`tpo-bench`, one thread) runs on the same two cores as every tpo process, "
+          "and the machine may be shared with other work: read ratios rather than absolutes. "
+          f"Medians of {RUNS} runs of {DUR:g} s (after 1 s of warm-up) where marked.\n")
+md.append("Baseline `base` is `tpo-bench --serve`: a bare single-threaded OpenAI-compatible responder "
+          "that answers at once with the same number of tokens, so `tpo - base` is what the five stages "
+          "add to one HTTP hop. The mock worker runs at unlimited speed (tokens_per_second 0).\n")
+
+# ---- capacity
+cap = {}
+for kind in ("plain", "stream"):
+    for tgt in ("tpo", "base"):
+        fs = [load(f) for f in files(f"cap.{tgt}.{kind}.*.json")]
+        cap[f"{tgt}.{kind}"] = {
+            "req_per_s_runs": [r1(g(d, "total", "ok_per_s")) for d in fs],
+            "req_per_s": r1(med([g(d, "total", "ok_per_s") for d in fs])),
+            "tokens_per_s": r1(med([g(d, "total", "tokens_per_s") for d in fs])),
+            "p50_us": r1(med([lat(d, "e2e_ok", "p50") for d in fs])),
+            "p99_us": r1(med([lat(d, "e2e_ok", "p99") for d in fs])),
+            "errors": sum((g(d, "total", "sent") or 0) - (g(d, "total", "ok") or 0) for d in fs),
+            "client_cpu_share": r1(med([100 * g(d, "client_cpu_s") / g(d, "wall_s") for d in fs if g(d, "wall_s")])),
+        }
+out["capacity"] = cap
+md.append("## 2. Capacity (closed loop: 128 connections non-streaming, 64 streaming; 64 tokens per answer)\n")
+md.append("| | tpo | base | tpo / base |\n|---|---|---|---|")
+for kind, label in (("plain", "non-streaming"), ("stream", "streaming")):
+    t, b = cap[f"tpo.{kind}"], cap[f"base.{kind}"]
+    md.append(f"| {label} req/s (runs: {', '.join(fmt(x) for x in t['req_per_s_runs'])}) | {fmt(t['req_per_s'])} | {fmt(b['req_per_s'])} | {ratio(t['req_per_s'], b['req_per_s'])} |")
+    md.append(f"| {label} tokens/s | {fmt(t['tokens_per_s'])} | {fmt(b['tokens_per_s'])} | {ratio(t['tokens_per_s'], b['tokens_per_s'])} |")
+    md.append(f"| {label} p50 / p99 at that load, µs | {fmt(t['p50_us'])} / {fmt(t['p99_us'])} | {fmt(b['p50_us'])} / {fmt(b['p99_us'])} | |")
+    md.append(f"| {label}: failed answers; client CPU % of wall | {t['errors']}; {fmt(t['client_cpu_share'])} % | {b['errors']}; {fmt(b['client_cpu_share'])} % | |")
+md.append("")
+
+# ---- overhead
+ovh = {}
+for kind in ("plain", "stream"):
+    for pct in (25, 50, 75, 90):
+        row = {}
+        for tgt in ("tpo", "base"):
+            fs = [load(f) for f in files(f"ovh.{kind}.{pct}.{tgt}.*.json")]
+            if not fs:
+                continue
+            row[tgt] = {
+                "offered": g(fs[0], "total", "offered_rate"),
+                "ok_per_s": r1(med([g(d, "total", "ok_per_s") for d in fs])),
+                "not_ok": sum((g(d, "total", "sent") or 0) - (g(d, "total", "ok") or 0) for d in fs),
+            }
+            for h in ("e2e_ok", "ttft"):
+                for q in ("p50", "p90", "p99", "p999"):
+                    row[tgt][f"{h}_{q}"] = r1(med([lat(d, h, q) for d in fs]))
+        if "tpo" in row and "base" in row:
+            t, b = row["tpo"], row["base"]
+            row["added_e2e_p50_us"] = r1(t["e2e_ok_p50"] - b["e2e_ok_p50"]) if t["e2e_ok_p50"] is not None and b["e2e_ok_p50"] is not None else None
+            row["added_e2e_p99_us"] = r1(t["e2e_ok_p99"] - b["e2e_ok_p99"]) if t["e2e_ok_p99"] is not None and b["e2e_ok_p99"] is not None else None
+            if kind == "stream" and t["ttft_p50"] is not None and b["ttft_p50"] is not None:
+                row["added_ttft_p50_us"] = r1(t["ttft_p50"] - b["ttft_p50"])
+                row["added_ttft_p99_us"] = r1(t["ttft_p99"] - b["ttft_p99"])
+            row["throughput_ratio"] = ratio(t["ok_per_s"], b["ok_per_s"])
+        if row:
+            ovh[f"{kind}.{pct}"] = row
+out["overhead"] = ovh
+if ovh:
+    md.append("## 3. Overhead against the bare baseline (open loop, latency from the scheduled send)\n")
+    md.append("| load | offered req/s | tpo p50 / p99 µs | base p50 / p99 µs | added p50 / p99 µs | ratio p50 / p99 | ok/s tpo / base | not ok tpo / base |\n|---|---|---|---|---|---|---|---|")
+    for kind in ("plain", "stream"):
+        for pct in (25, 50, 75, 90):
+            r = ovh.get(f"{kind}.{pct}")
+            if not r or "tpo" not in r or "base" not in r:
+                continue
+            t, b = r["tpo"], r["base"]
+            md.append(f"| {'non-streaming' if kind == 'plain' else 'streaming'} {pct} %{' (' + str(RUNS) + ' runs)' if pct in (50, 90) else ''} | {fmt(t['offered'])} | {fmt(t['e2e_ok_p50'])} / {fmt(t['e2e_ok_p99'])} | {fmt(b['e2e_ok_p50'])} / {fmt(b['e2e_ok_p99'])} | {fmt(r.get('added_e2e_p50_us'))} / {fmt(r.get('added_e2e_p99_us'))} | {ratio(t['e2e_ok_p50'], b['e2e_ok_p50'])} / {ratio(t['e2e_ok_p99'], b['e2e_ok_p99'])} | {r.get('throughput_ratio')} | {t['not_ok']} / {b['not_ok']} |")
+    md.append("")
+    md.append("Time to first token (streaming):\n")
+    md.append("| load | tpo p50 / p99 µs | base p50 / p99 µs | added p50 / p99 µs |\n|---|---|---|---|")
+    for pct in (25, 50, 75, 90):
+        r = ovh.get(f"stream.{pct}")
+        if not r or "tpo" not in r or "base" not in r:
+            continue
+        md.append(f"| {pct} % | {fmt(r['tpo']['ttft_p50'])} / {fmt(r['tpo']['ttft_p99'])} | {fmt(r['base']['ttft_p50'])} / {fmt(r['base']['ttft_p99'])} | {fmt(r.get('added_ttft_p50_us'))} / {fmt(r.get('added_ttft_p99_us'))} |")
+    md.append("")
+
+# ---- mock-llm
+ml = {}
+if files("ml.cap.json"):
+    ml["mockllm_capacity_req_per_s"] = r1(g(load(os.path.join(R, "ml.cap.json")), "total", "ok_per_s"))
+    for key in ("plain.50", "plain.90", "stream.50"):
+        row = {}
+        for tgt in ("tpo", "ml"):
+            d = load(os.path.join(R, f"ml.{key}.{tgt}.json"))
+            row[tgt] = {"offered": g(d, "total", "offered_rate"), "ok_per_s": r1(g(d, "total", "ok_per_s")),
+                        "not_ok": (g(d, "total", "sent") or 0) - (g(d, "total", "ok") or 0),
+                        "p50": r1(lat(d, "e2e_ok", "p50")), "p99": r1(lat(d, "e2e_ok", "p99")),
+                        "ttft_p50": r1(lat(d, "ttft", "p50")), "ttft_p99": r1(lat(d, "ttft", "p99"))}
+        ml[key] = row
+    out["mockllm"] = ml
+    md.append("## 3b. Side by side with the npm mock-llm (@dwmkerr/mock-llm, Node.js)\n")
+    md.append(f"mock-llm's own capacity here: {fmt(ml['mockllm_capacity_req_per_s'])} req/s (closed loop, 32 connections), "
+              "so the loads are 50 % and 90 % of *its* capacity. tpo cannot proxy to it yet (the infer stage builds only the "
+              "mock worker), so this compares tpo's full pipeline with its built-in mock against a bare mock server, same "
+              "request, same offered load. mock-llm streams its 64 chunks with setInterval (≥ 1 ms apart), so only TTFT is "
+              "comparable when streaming.\n")
+    md.append("| load | offered req/s | tpo p50 / p99 µs | mock-llm p50 / p99 µs | ratio p50 / p99 | not ok tpo / mock-llm |\n|---|---|---|---|---|---|")
+    for key in ("plain.50", "plain.90", "stream.50"):
+        t, m = ml[key]["tpo"], ml[key]["ml"]
+        a, b = ("p50", "p99") if key.startswith("plain") else ("ttft_p50", "ttft_p99")
+        lbl = ("non-streaming " if key.startswith("plain") else "streaming TTFT ") + key.split(".")[1]
+        md.append(f"| {lbl} % | {fmt(t['offered'])} | {fmt(t[a])} / {fmt(t[b])} | {fmt(m[a])} / {fmt(m[b])} | {ratio(t[a], m[a])} / {ratio(t[b], m[b])} | {t['not_ok']} / {m['not_ok']} |")
+    md.append("")
+elif files("ml.skip.json"):
+    md.append("## 3b. mock-llm\n\nnot run: npm could not install @dwmkerr/mock-llm; the `--serve` baseline stands in.\n")
+
+# ---- surge
+d = load(os.path.join(R, "surge.tpo.json"))
+if d:
+    ph = d.get("phases", [])
+    su = {"phases": []}
+    for i, name in enumerate(("before", "surge", "after")):
+        p = g(ph, i) or {}
+        su["phases"].append({"name": name, "offered": p.get("offered_rate"), "sent": p.get("sent"),
+            "ok": p.get("ok"), "shed": p.get("shed"), "answers": p.get("answers"),
+            "conn_errors": p.get("conn_errors"), "timeouts": p.get("timeouts"),
+            "unanswered": p.get("unanswered"), "lost": p.get("lost"),
+            "ok_p50_us": r1(g(p, "latency_us", "e2e_ok", "p50")), "ok_p99_us": r1(g(p, "latency_us", "e2e_ok", "p99")),
+            "ok_max_us": r1(g(p, "latency_us", "e2e_ok", "max")),
+            "shed_p50_us": r1(g(p, "latency_us", "e2e_shed", "p50")), "shed_p99_us": r1(g(p, "latency_us", "e2e_shed", "p99")),
+            "ok_per_s": p.get("ok_per_s")})
+    # recovery: first second after the surge whose slowest admitted answer is
+    # within 2x of the slowest second before it (at least 1 ms)
+    tl = d.get("timeline", [])
+    w = d.get("warmup_s", 1)
+    before = [x["ok_max_us"] for x in tl if w <= x["t"] < w + 5 and x["ok"]]
+    lim = max(2 * (statistics.median(before) if before else 0), 1000)
+    rec = None
+    for x in tl:
+        if x["t"] >= w + 15 and x["ok"] and x["ok_max_us"] <= lim and x["shed"] == 0 and x["err"] == 0:
+            rec = x["t"] - (w + 15)
+            break
+    su["recovery_s"] = rec
+    su["recovery_limit_us"] = r1(lim)
+    try:
+        su["status_after"] = open(os.path.join(R, "surge.after.txt")).read().strip()
+    except Exception:
+        pass
+    su["timeline"] = tl
+    out["surge"] = su
+    b, s_, a = su["phases"][0], su["phases"][1], su["phases"][2]
+    md.append("## 4. Surge: 50 % → 300 % (10 s) → 50 % of capacity, admission reject_new at 256 per lane\n")
+    md.append("| phase | offered req/s | ok/s | admitted p50 / p99 / max µs | shed (429/503) | shed p50 / p99 µs | conn errors / timeouts / unanswered / lost |\n|---|---|---|---|---|---|---|")
+    for p in su["phases"]:
+        md.append(f"| {p['name']} | {fmt(p['offered'])} | {fmt(p['ok_per_s'])} | {fmt(p['ok_p50_us'])} / {fmt(p['ok_p99_us'])} / {fmt(p['ok_max_us'])} | {fmt(p['shed'])} | {fmt(p['shed_p50_us'])} / {fmt(p['shed_p99_us'])} | {p['conn_errors']} / {p['timeouts']} / {p['unanswered']} / {p['lost']} |")
+    md.append(f"\nBaseline = the phase before the surge. Admitted p99 during / before: {ratio(s_['ok_p99_us'], b['ok_p99_us'])}×; "
+              f"after / before: {ratio(a['ok_p99_us'], b['ok_p99_us'])}×. Recovery: {fmt(rec)} s after the surge ended, the "
+              f"slowest admitted answer of a second was back within {fmt(su['recovery_limit_us'])} µs with nothing shed. "
+              f"A request after the run: HTTP {su.get('status_after')}.\n")
+
+# ---- chaos
+d = load(os.path.join(R, "chaos.tpo.json"))
+if d:
+    ch = {"phases": []}
+    for i, name in enumerate(("calm", "chaos")):
+        p = g(d, "phases", i) or {}
+        ch["phases"].append({"name": name, "offered": p.get("offered_rate"), "sent": p.get("sent"),
+            "answers": p.get("answers"), "ok": p.get("ok"), "conn_errors": p.get("conn_errors"),
+            "timeouts": p.get("timeouts"), "unanswered": p.get("unanswered"),
+            "stream_errors": p.get("stream_errors"), "lost": p.get("lost"),
+            "longest_stall_ms": r1(p.get("longest_stall_ms")),
+            "ok_p50_us": r1(g(p, "latency_us", "e2e_ok", "p50")), "ok_p99_us": r1(g(p, "latency_us", "e2e_ok", "p99"))})
+    try:
+        kills = [l.split() for l in open(os.path.join(R, "chaos.kills.txt")) if l.strip()]
+    except Exception:
+        kills = []
+    ch["kills"] = len(kills)
+    ch["kills_by_stage"] = {}
+    for k in kills:
+        ch["kills_by_stage"][k[1]] = ch["kills_by_stage"].get(k[1], 0) + 1
+    try:
+        ch["restarts"] = int(open(os.path.join(R, "chaos.restarts.txt")).read())
+    except Exception:
+        ch["restarts"] = None
+    try:
+        ch["status_after"] = open(os.path.join(R, "chaos.after.txt")).read().strip()
+    except Exception:
+        pass
+    ch["extra_responses"] = d.get("extra_responses")
+    out["chaos"] = ch
+    md.append("## 5. Chaos: SIGKILL a random stage process every second for 30 s\n")
+    md.append(f"Streamed requests (64 tokens at 2000 tokens/s, so ~32 ms each) at {fmt(g(ch, 'phases', 0, 'offered'))} req/s; "
+              f"10 s calm (the baseline), then 30 s with a kill a second. Kills: {ch['kills']} ({', '.join(f'{k} {v}' for k, v in sorted(ch['kills_by_stage'].items()))}); "
+              f"restarts counted by the supervisor: {ch['restarts']}; a request after the run: HTTP {ch.get('status_after')}.\n")
+    md.append("| phase | sent | answers by status | conn errors | timeouts | unanswered | lost | longest stall ms | ok p50 / p99 µs |\n|---|---|---|---|---|---|---|---|---|")
+    for p in ch["phases"]:
+        md.append(f"| {p['name']} | {p['sent']} | {', '.join(f'{k}: {v}' for k, v in (p['answers'] or {}).items())} | {p['conn_errors']} | {p['timeouts']} | {p['unanswered']} | {p['lost']} | {fmt(p['longest_stall_ms'])} | {fmt(p['ok_p50_us'])} / {fmt(p['ok_p99_us'])} |")
+    md.append(f"\n`lost` = sent − (HTTP answers + connection errors + timeouts + unanswered), counted per request by tpo-bench; "
+              f"bytes on a connection with no request in flight (a second answer): {ch['extra_responses']}. A connection error is "
+              "the client's answer when the stream process holding its connection is the one killed.\n")
+
+# ---- memory
+mem = {}
+for key in ("default", "idle", "1000", "10000"):
+    d = load(os.path.join(R, f"mem.{key}.json"))
+    if not d:
+        continue
+    per = {}
+    for p in d.get("procs", []):
+        e = per.setdefault(p["stage"], {"vmrss_kib_max": 0, "private_kib_max": 0, "shm_rss_kib_max": 0, "n": 0})
+        e["vmrss_kib_max"] = max(e["vmrss_kib_max"], p["vmrss_kib"])
+        e["private_kib_max"] = max(e["private_kib_max"], p["private_kib"])
+        e["shm_rss_kib_max"] = max(e["shm_rss_kib_max"], p["shm_rss_kib"])
+        e["n"] += 1
+    shm = d.get("shm", {})
+    mem[key] = {"stages": per, "shm_size_kib": sum(v["size_kib"] for v in shm.values()),
+                "shm_resident_kib": sum(v["resident_kib"] for v in shm.values()),
+                "open_conns": d.get("open_conns"), "procs": d.get("procs")}
+    b = load(os.path.join(R, f"mem.{key}.bench.json"))
+    if b:
+        mem[key]["bench_max_inflight"] = b.get("max_inflight")
+        mem[key]["bench_answers"] = g(b, "total", "answers")
+if mem:
+    out["memory"] = mem
+    md.append("## 6. Memory: VmRSS per stage process (largest lane) at 0, 1k and 10k open streams\n")
+    md.append("`default`: idle, default admission limits (max_connections 10000); `idle`, `1000`, `10000`: the "
+              "capacity configuration (max_connections 100000, max_inflight_per_lane 1000000, infer max_inflight 10000) with that many open "
+              "streams (1 token/s each, so they stay open). The ratio compares 10k streams with `idle`.\n")
+    keys = [k for k in ("default", "idle", "1000", "10000") if k in mem]
+    md.append("| stage | " + " | ".join(f"{k} streams: VmRSS / private KiB" for k in keys) + " | ratio to idle |\n|---|" + "---|" * (len(keys) + 1))
+    for st in ("stream", "rag", "assemble", "infer", "post"):
+        cells = []
+        for k in keys:
+            e = mem[k]["stages"].get(st)
+            cells.append(f"{fmt(e['vmrss_kib_max'])} / {fmt(e['private_kib_max'])}" if e else "n/a")
+        i0 = g(mem, "idle", "stages", st, "vmrss_kib_max")
+        il = g(mem, keys[-1], "stages", st, "vmrss_kib_max")
+        md.append(f"| {st} | " + " | ".join(cells) + f" | {ratio(il, i0)} |")
+    md.append("| shm segments: size / resident KiB | " + " | ".join(f"{fmt(mem[k]['shm_size_kib'])} / {fmt(mem[k]['shm_resident_kib'])}" for k in keys) + " | |")
+    md.append("| open client connections (ss) | " + " | ".join(fmt(mem[k]["open_conns"]) for k in keys) + " | |")
+    md.append("\nVmRSS counts the shared-memory pages a process has touched (the rings it maps); private = VmRSS − Rss of its /dev/shm/tpo.* mappings.\n")
+
+# ---- targets
+tg = []
+def target(name, val, limit, higher, unit):
+    ok = None if val is None else (val >= limit if higher else val <= limit)
+    miss = None
+    if ok is False:
+        miss = f"{abs(val - limit):,.1f} {unit} ({abs(val / limit - 1) * 100:.0f} %) {'short' if higher else 'over'}"
+    tg.append({"target": name, "measured": val, "limit": limit, "met": ok, "miss": miss, "unit": unit})
+target("non-streaming req/s", g(cap, "tpo.plain", "req_per_s"), 20000, True, "req/s")
+target("streamed tokens/s", g(cap, "tpo.stream", "tokens_per_s"), 300000, True, "tokens/s")
+target("added latency p50 at half load", g(ovh, "plain.50", "added_e2e_p50_us"), 100, False, "µs")
+target("added latency p99 at half load", g(ovh, "plain.50", "added_e2e_p99_us"), 1000, False, "µs")
+target("TTFT added (p50, half load)", g(ovh, "stream.50", "added_ttft_p50_us"), 200, False, "µs")
+target("shed answers p99 under surge", g(out, "surge", "phases", 1, "shed_p99_us"), 1000, False, "µs")
+rss = [e["vmrss_kib_max"] for k in mem for e in mem[k]["stages"].values()]
+target("RSS per stage process (largest seen)", max(rss) / 1024 if rss else None, 8, False, "MiB")
+out["targets"] = tg
+md.insert(3, "## Targets\n\n| target | measured | limit | met |\n|---|---|---|---|\n" + "\n".join(
+    f"| {t['target']} | {fmt(t['measured'] if not isinstance(t['measured'], float) else round(t['measured'], 1))} {t['unit']} | {'≥' if t['target'].endswith('/s') else '≤'} {t['limit']:,} {t['unit']} | {'yes' if t['met'] else ('no: ' + t['miss'] if t['met'] is False else 'n/a')} |"
+    for t in tg) + "\n")
+
+# ---- plots
+if shutil.which("gnuplot") and ovh:
+    def dat(kind, h):
+        p = os.path.join(R, f"plot.{kind}.{h}.dat")
+        with open(p, "w") as f:
+            for pct in (25, 50, 75, 90):
+                r = ovh.get(f"{kind}.{pct}")
+                if not r or "tpo" not in r or "base" not in r:
+                    continue
+                t, b = r["tpo"], r["base"]
+                f.write(f"{t['offered']} {t[h + '_p50']} {t[h + '_p99']} {b[h + '_p50']} {b[h + '_p99']}\n")
+        return p
+    plots = []
+    for kind, h, title, fn in (("plain", "e2e_ok", "non-streaming end to end", "pipeline-latency.svg"),
+                               ("stream", "e2e_ok", "streaming (64 tokens) end to end", "pipeline-stream.svg"),
+                               ("stream", "ttft", "time to first token", "pipeline-ttft.svg")):
+        p = dat(kind, h)
+        script = f"""set terminal svg size 720,420 dynamic background rgb 'white'
+set output '{os.path.join(RES, fn)}'
+set title '{title}: latency against offered load'
+set xlabel 'offered load, requests/s'
+set ylabel 'latency, µs'
+set logscale y
+set key top left
+set grid
+plot '{p}' u 1:2 w lp t 'tpo p50', '' u 1:3 w lp t 'tpo p99', '' u 1:4 w lp dt 2 t 'base p50', '' u 1:5 w lp dt 2 t 'base p99'
+"""
+        if subprocess.run(["gnuplot"], input=script, text=True).returncode == 0:
+            plots.append(fn)
+    if plots:
+        md.append("## Plots\n\n" + "\n".join(f"![{f}]({f})" for f in plots) + "\n")
+else:
+    md.append("(no plots: gnuplot is not installed; the tables above carry the figures)\n")
+
+if "elapsed_s" in out:
+    md.append(f"Pipeline scenarios took {out['elapsed_s']} s.\n")
+json.dump(out, open(os.path.join(RES, "pipeline.json"), "w"), indent=1)
+open(os.path.join(RES, "pipeline.md"), "w").write("\n".join(md) + "\n")
+print("\n".join(md))
+EOF
+log "wrote $RES/pipeline.json and $RES/pipeline.md"
