@@ -45,6 +45,7 @@ struct job {
 	uint64_t pos;                /* its ring position */
 	uint32_t origin;
 	uint32_t seq;
+	uint32_t gen;                /* bumped at each take: fifo entries name it */
 	uint64_t start_ns, first_ns, queued_ns;
 	uint32_t prompt_tokens;
 };
@@ -54,18 +55,53 @@ static const struct tpo_worker_ops *ops;
 static void *worker;
 static struct job *jobs;
 static uint32_t njobs, active;
-/* Jobs in intake order, to release the input ring in order. */
-static uint32_t *fifo, fifo_head, fifo_len;
+/*
+ * Jobs in intake order, to release the input ring in order. An entry names a
+ * job slot and the generation it had: a slot reused by a later job does not
+ * make an ended entry look alive. Sized for every record the ring can hold
+ * (one long job holds back the release of all later, finished ones).
+ */
+struct fifo_ent {
+	uint32_t idx, gen;
+	uint64_t pos;
+};
+static struct fifo_ent *fifo;
+static uint32_t fifo_cap, fifo_head, fifo_len;
+/* Records whose output is emitted but not yet committed: marked ended in the
+ * journal only after tpo_stage_flush, so a crash in between retries them
+ * instead of skipping an answer that never left. */
+static struct tpo_rec **pend_done;
+static uint32_t npend_done;
 
-static void journal(struct job *j, uint32_t set)
+static void mark_done(struct tpo_rec *rec)
 {
-	j->rec->seq = (j->rec->seq & ~J_TOKENS) | set | (j->seq & J_TOKENS);
+	if (npend_done == fifo_cap) {
+		tpo_stage_flush(&st);
+		for (uint32_t i = 0; i < npend_done; i++)
+			pend_done[i]->seq |= J_DONE;
+		npend_done = 0;
+	}
+	pend_done[npend_done++] = rec;
+}
+
+/* After a flush: the journal says what has really been committed. */
+static void journal_sync(void)
+{
+	for (uint32_t i = 0; i < npend_done; i++)
+		pend_done[i]->seq |= J_DONE;
+	npend_done = 0;
+	for (uint32_t i = 0; i < fifo_len; i++) {
+		struct fifo_ent *e = &fifo[(fifo_head + i) % fifo_cap];
+		struct job *j = &jobs[e->idx];
+		if (j->active && j->gen == e->gen)
+			j->rec->seq = (j->rec->seq & ~J_TOKENS) | J_STARTED | (j->seq & J_TOKENS);
+	}
 }
 
 static void end_job(struct job *j)
 {
 	ops->cancel(worker, &j->w);
-	j->rec->seq |= J_DONE;
+	mark_done(j->rec);
 	j->active = 0;
 	active--;
 	tpo_stats_inflight(&st.stats, st.stage, st.lane, active);
@@ -88,7 +124,6 @@ static int sink_token(struct tpo_job *w, const char *text, size_t len)
 		j->first_ns = tpo_now_ns();
 		tpo_stats_ttft(&st.stats, st.stage, st.lane, j->first_ns - j->start_ns);
 	}
-	journal(j, J_STARTED);
 	tpo_stats_count_tokens(&st.stats, st.stage, st.lane, 1);
 	return 0;
 }
@@ -150,7 +185,7 @@ static int take_prompt(struct tpo_rec *rec, uint64_t pos)
 	if (jw & J_DONE)
 		return 1;            /* finished before a crash: skip */
 	if (rec->len < sizeof(*m) || tpo_msg_req_size(m) != rec->len) {
-		rec->seq |= J_DONE;
+		mark_done(rec);
 		return tpo_stage_emit_error(&st, 0, rec->req_id, rec->aux, 500,
 					    "internal error: malformed PROMPT record");
 	}
@@ -159,14 +194,14 @@ static int take_prompt(struct tpo_rec *rec, uint64_t pos)
 		rec->attempt++;
 		if (jw & J_TOKENS) {
 			char msg[160];
-			rec->seq |= J_DONE;
+			mark_done(rec);
 			snprintf(msg, sizeof(msg), "the model worker crashed after streaming "
 				 "%u tokens of this response", jw & J_TOKENS);
 			tpo_stats_count_error(&st.stats, st.stage, st.lane, 1);
 			return tpo_stage_emit_error(&st, 0, rec->req_id, rec->aux, 502, msg);
 		}
 		if (rec->attempt >= st.quarantine_after) {
-			rec->seq |= J_DONE;
+			mark_done(rec);
 			tpo_log(LOG_ERR, "request %016llx quarantined: in flight in %u worker crashes",
 				(unsigned long long)rec->req_id, rec->attempt);
 			tpo_stats_count_error(&st.stats, st.stage, st.lane, 1);
@@ -198,7 +233,9 @@ static int take_prompt(struct tpo_rec *rec, uint64_t pos)
 	j->w.sink = &sink;
 	rec->seq = J_STARTED;
 	active++;
-	fifo[(fifo_head + fifo_len++) % njobs] = (uint32_t)(j - jobs);
+	j->gen++;
+	fifo[(fifo_head + fifo_len++) % fifo_cap] =
+		(struct fifo_ent){ .idx = (uint32_t)(j - jobs), .gen = j->gen, .pos = pos };
 	tpo_stats_inflight(&st.stats, st.stage, st.lane, active);
 	tpo_stats_count_in(&st.stats, st.stage, st.lane, 1);
 	tpo_stats_queue_wait(&st.stats, st.stage, st.lane, j->start_ns - rec->ts_ns);
@@ -269,11 +306,14 @@ static void release_done(void)
 	struct tpo_ring *r = &st.in[0];
 	uint64_t upto;
 
-	while (fifo_len && !jobs[fifo[fifo_head]].active) {
-		fifo_head = (fifo_head + 1) % njobs;
+	while (fifo_len) {
+		struct fifo_ent *e = &fifo[fifo_head];
+		if (jobs[e->idx].active && jobs[e->idx].gen == e->gen)
+			break;
+		fifo_head = (fifo_head + 1) % fifo_cap;
 		fifo_len--;
 	}
-	upto = fifo_len ? jobs[fifo[fifo_head]].pos : r->pos;
+	upto = fifo_len ? fifo[fifo_head].pos : r->pos;
 	if (upto != atomic_load_explicit(&r->shm->tail, memory_order_relaxed))
 		tpo_ring_release_to(r, upto);
 }
@@ -344,8 +384,11 @@ int main(int argc, char **argv)
 	}
 	njobs = st.cfg.stages.infer.max_inflight;
 	jobs = calloc(njobs, sizeof(*jobs));
-	fifo = calloc(njobs, sizeof(*fifo));
-	if (!jobs || !fifo)
+	fifo_cap = (uint32_t)(st.in[0].mask + 1) /
+		   (uint32_t)tpo_rec_size(sizeof(struct tpo_msg_req)) + 1;
+	fifo = calloc(fifo_cap, sizeof(*fifo));
+	pend_done = calloc(fifo_cap, sizeof(*pend_done));
+	if (!jobs || !fifo || !pend_done)
 		return 111;
 
 	while (!tpo_stage_stopping) {
@@ -358,6 +401,10 @@ int main(int argc, char **argv)
 			ops->drive(worker, now);
 		now = tpo_now_ns();
 		next = run_jobs(now);
+		/* Publish this round's output once, record it in the journal, then
+		 * free finished input. */
+		tpo_stage_flush(&st);
+		journal_sync();
 		release_done();
 		tpo_stage_tick(&st);
 		if (n > 0)

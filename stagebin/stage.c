@@ -129,8 +129,15 @@ static void count_crashed_attempts(struct tpo_stage *st)
 		uint64_t busy = atomic_load_explicit(&r->shm->busy, memory_order_relaxed);
 		const struct tpo_rec *rec;
 
-		if (busy && busy - 1 == r->pos && tpo_ring_peek(r, &rec) == 0)
-			((struct tpo_rec *)rec)->attempt++;
+		/* The batch from tail up to it is delivered again; only the record
+		 * in hand when the predecessor died counts an attempt. */
+		if (busy) {
+			struct tpo_ring walk = *r;
+			while (walk.pos < busy - 1 && tpo_ring_peek(&walk, &rec) == 0)
+				tpo_ring_advance(&walk, rec);
+			if (walk.pos == busy - 1 && tpo_ring_peek(&walk, &rec) == 0)
+				((struct tpo_rec *)rec)->attempt++;
+		}
 		atomic_store_explicit(&r->shm->busy, 0, memory_order_relaxed);
 	}
 }
@@ -277,10 +284,19 @@ int tpo_stage_emit(struct tpo_stage *st, int k, uint16_t type, uint64_t req_id,
 	rec->req_id = req_id;
 	rec->seq = seq;
 	rec->aux = aux;
-	rec->ts_ns = tpo_now_ns();
+	rec->ts_ns = st->now_ns ? st->now_ns : tpo_now_ns();
 	memcpy(tpo_rec_data(rec), payload, len);
-	tpo_ring_commit(&st->out[k]);
+	/* Committed by tpo_stage_flush, once per batch (rings-notes.md). */
 	return 0;
+}
+
+void tpo_stage_flush(struct tpo_stage *st)
+{
+	for (int k = 0; k < st->nout; k++) {
+		struct tpo_ring *r = &st->out[k];
+		if (r->pos != atomic_load_explicit(&r->shm->head, memory_order_relaxed))
+			tpo_ring_commit(r);
+	}
 }
 
 int tpo_stage_emit_error(struct tpo_stage *st, int k, uint64_t req_id, uint32_t aux,
@@ -316,8 +332,11 @@ int tpo_stage_run(struct tpo_stage *st, tpo_stage_fn *fn)
 		any = 0;
 		for (k = 0; k < st->nin; k++) {
 			struct tpo_ring *r = &st->in[k];
-			/* Drain a bounded batch per ring so no input starves. */
-			for (int b = 0; b < 64; b++) {
+			int b;
+			/* Drain a bounded batch per ring so no input starves; one
+			 * clock read per record (its end is the next one's start). */
+			st->now_ns = tpo_now_ns();
+			for (b = 0; b < 64; b++) {
 				err = tpo_ring_peek(r, &rec);
 				if (err == -EAGAIN)
 					break;
@@ -335,12 +354,14 @@ int tpo_stage_run(struct tpo_stage *st, tpo_stage_fn *fn)
 						"request quarantined: it was in flight when this "
 						"pipeline stage crashed repeatedly");
 				} else {
-					uint64_t t0 = tpo_now_ns();
-					tpo_stats_queue_wait(&st->stats, st->stage, st->lane,
-							     t0 - rec->ts_ns);
+					uint64_t t0 = st->now_ns;
+					if (t0 > rec->ts_ns)
+						tpo_stats_queue_wait(&st->stats, st->stage, st->lane,
+								     t0 - rec->ts_ns);
 					err = fn(st, k, rec);
+					st->now_ns = tpo_now_ns();
 					tpo_stats_service(&st->stats, st->stage, st->lane,
-							  tpo_now_ns() - t0);
+							  st->now_ns - t0);
 				}
 				if (err < 0) {
 					if (err == -ECANCELED)
@@ -349,10 +370,16 @@ int tpo_stage_run(struct tpo_stage *st, tpo_stage_fn *fn)
 					return EX_SYSTEM;
 				}
 				tpo_ring_advance(r, rec);
+			}
+			/* Output first, then input: a crash in between redelivers
+			 * the batch (at-least-once), never loses it. */
+			if (b) {
+				tpo_stage_flush(st);
 				tpo_ring_release(r);
-				atomic_store_explicit(&r->shm->busy, 0, memory_order_relaxed);
 				any = 1;
 			}
+			atomic_store_explicit(&r->shm->busy, 0, memory_order_relaxed);
+			st->now_ns = 0;
 		}
 		if (!any)
 			tpo_stage_wait(st, TPO_STAGE_WAIT_MS);

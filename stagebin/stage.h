@@ -45,6 +45,7 @@ struct tpo_stage {
 	int nout;
 	uint64_t spin_ns;
 	uint64_t last_tick_ns;
+	uint64_t now_ns;               /* clock of the record in hand, 0: read it */
 	uint64_t quarantine_after;
 	uint32_t out_scratch_cap;
 	uint8_t *out_scratch;          /* max_len bytes, for building payloads */
@@ -73,7 +74,11 @@ void tpo_stage_tick(struct tpo_stage *st);
  */
 int tpo_stage_reserve(struct tpo_stage *st, int k, uint32_t len, struct tpo_rec **rec);
 
-/* reserve + fill + commit of one record on output ring k. */
+/*
+ * reserve + fill of one record on output ring k; it becomes visible at the
+ * next tpo_stage_flush (tpo_stage_run flushes after each input batch, before
+ * releasing it; a full ring is flushed before waiting).
+ */
 int tpo_stage_emit(struct tpo_stage *st, int k, uint16_t type, uint64_t req_id,
 		   uint32_t seq, uint32_t aux, const void *payload, uint32_t len);
 
@@ -103,6 +108,9 @@ static inline void tpo_stage_passed(struct tpo_stage *st)
 	tpo_stats_count_in(&st->stats, st->stage, st->lane, 1);
 	tpo_stats_count_out(&st->stats, st->stage, st->lane, 1);
 }
+
+/* Commits every output ring with uncommitted records. */
+void tpo_stage_flush(struct tpo_stage *st);
 
 /* Ends a request downstream with an HTTP status and message. */
 int tpo_stage_emit_error(struct tpo_stage *st, int k, uint64_t req_id, uint32_t aux,

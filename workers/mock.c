@@ -156,9 +156,15 @@ static void mock_poll(void *w, struct tpo_job *job, uint64_t now)
 	} else {
 		due = j->n;
 	}
+	/* Fault injection: crash once the tokens before it were committed (they
+	 * were emitted in an earlier round, and the stage flushes per round). */
+	if (j->crash_after >= 0 && j->sent >= (uint32_t)j->crash_after)
+		abort();
 	while (j->sent < due && burst++ < BURST) {
-		if (j->crash_after >= 0 && j->sent >= (uint32_t)j->crash_after)
-			abort();   /* fault injection: a crashing model worker */
+		if (j->crash_after >= 0 && j->sent >= (uint32_t)j->crash_after) {
+			job->wake_ns = now;   /* crash next round */
+			return;
+		}
 		if (j->utf8) {
 			/* Split a multi-byte word over two tokens. */
 			size_t cut = (j->sent % 2) ? 5 : 0, len = (j->sent % 2) ? sizeof(utf8_word) - 1 - 5 : 5;
@@ -171,8 +177,10 @@ static void mock_poll(void *w, struct tpo_job *job, uint64_t now)
 		}
 		j->sent++;
 	}
-	if (j->crash_after >= 0 && j->sent >= (uint32_t)j->crash_after)
-		abort();
+	if (j->crash_after >= 0 && j->sent >= (uint32_t)j->crash_after) {
+		job->wake_ns = now;
+		return;
+	}
 	if (j->sent >= j->n) {
 		job->wake_ns = 0;
 		job->sink->done(job, j->finish);

@@ -69,6 +69,10 @@ static int f_generate(void *ctx, struct tpo_plugin_gen *g, tpo_plugin_token_fn *
 		if (tok(arg, t, strlen(t)))
 			return TPO_PLUGIN_MORE;
 		s->sent++;
+		/* Crash at the next call, once the stage has committed what we
+		 * sent: "crashed after N tokens streamed" means N reached it. */
+		if (s->segv_after >= 0 && s->sent >= (unsigned long)s->segv_after)
+			return TPO_PLUGIN_MORE;
 		if (s->sent % 2 == 0)
 			return TPO_PLUGIN_MORE;    /* let the stage commit what we sent */
 	}
