@@ -68,6 +68,7 @@ struct tpo_http_conn {
 	int8_t tl;                      /* timer list we are on, TL_NONE */
 	uint8_t active;                 /* request in progress */
 	uint8_t streaming, stream_raw, no_body;
+	uint8_t corked;                 /* hold output until tpo_http_uncork */
 	uint8_t close_req;              /* close once the request has ended */
 	uint8_t in_cb;                  /* inside on_request for this conn */
 	uint8_t pending;                /* on srv->pending */
@@ -357,7 +358,7 @@ static int conn_send(struct tpo_http_conn *c, struct iovec *iov, int n)
 
 	for (i = 0; i < n; i++)
 		total += iov[i].iov_len;
-	if (c->olen == 0) {
+	if (c->olen == 0 && !c->corked) {
 		struct msghdr m = { .msg_iov = iov, .msg_iovlen = (size_t)n };
 		ssize_t w = sendmsg(c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
 
@@ -452,6 +453,12 @@ static void end_request(struct tpo_http_conn *c)
 {
 	struct tpo_http_server *srv = c->srv;
 
+	/* A complete response leaves at once, corked or not. */
+	if (c->corked) {
+		c->corked = 0;
+		if (c->olen > 0)
+			flush_out(c);
+	}
 	c->active = 0;
 	c->streaming = 0;
 	srv->nactive--;
@@ -555,6 +562,21 @@ int tpo_http_stream_write(struct tpo_http_conn *c, const void *data, size_t len)
 	iov[1] = (struct iovec){ (void *)data, len };
 	iov[2] = (struct iovec){ "\r\n", 2 };
 	return conn_send(c, iov, 3);
+}
+
+void tpo_http_cork(struct tpo_http_conn *c)
+{
+	if (check_active(c) == 0)
+		c->corked = 1;
+}
+
+void tpo_http_uncork(struct tpo_http_conn *c)
+{
+	if (!c->corked)
+		return;
+	c->corked = 0;
+	if (c->olen > 0)
+		flush_out(c);
 }
 
 int tpo_http_stream_end(struct tpo_http_conn *c)

@@ -203,6 +203,15 @@ int tpo_http_stream_write(struct tpo_http_conn *c, const void *data, size_t len)
 int tpo_http_stream_end(struct tpo_http_conn *c);
 
 /*
+ * Corking: while corked, responses are only buffered; tpo_http_uncork sends
+ * them in one write. The stream stage corks the connections it writes to
+ * while it drains a batch of records, so several tokens of one response
+ * leave in one system call. Uncork every connection you cork.
+ */
+void tpo_http_cork(struct tpo_http_conn *c);
+void tpo_http_uncork(struct tpo_http_conn *c);
+
+/*
  * Ends the request in progress with an OpenAI-style JSON error body
  * {"error":{"message":...,"type":...,"param":null,"code":null}}; the type is
  * "invalid_request_error" for 4xx, "server_error" for 5xx. The _ex variant

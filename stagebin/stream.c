@@ -52,6 +52,7 @@ struct sreq {
 	uint64_t deadline_ns;
 	int64_t created;
 	char model[TPO_MODEL_MAX];
+	uint8_t corked_batch;        /* its connection is in corked[] */
 	char *body;                  /* non-streaming: the answer so far */
 	size_t body_len, body_cap;
 	struct sreq *prev, *next;    /* admission order, per lane */
@@ -284,6 +285,14 @@ static uint32_t lane_load(int lane)
 	return n;
 }
 
+static int all_lanes_full(uint32_t budget)
+{
+	for (int l = 0; l < st.nlanes; l++)
+		if (lane_load(l) < budget)
+			return 0;
+	return 1;
+}
+
 /* drop_oldest: the oldest request of the lane not yet in inference. */
 static struct sreq *oldest_queued(int lane)
 {
@@ -310,6 +319,14 @@ static void admit(struct tpo_http_conn *c, struct tpo_http_req *req, int kind)
 	tpo_stats_count_in(&st.stats, st.stage, st.lane, 1);
 	if (draining) {
 		send_error(c, 503, "the server is shutting down", "Retry-After: 1\r\n");
+		return;
+	}
+	/* Under a surge, a request no lane can take is shed before its body
+	 * is parsed: shedding must cost much less than serving. */
+	if (adm->policy == TPO_POLICY_REJECT_NEW && all_lanes_full(adm->max_inflight_per_lane)) {
+		snprintf(hdr, sizeof(hdr), "Retry-After: %u\r\n", adm->retry_after_s);
+		tpo_stats_count_shed_reject(&st.stats, st.stage, st.lane, 1);
+		send_error(c, 429, "too many requests in flight: try again later", hdr);
 		return;
 	}
 	oai.text = text;
@@ -424,6 +441,36 @@ static void admit(struct tpo_http_conn *c, struct tpo_http_req *req, int kind)
 
 /* ---- egress: records from post_i ---- */
 
+/* Connections corked while a batch is drained (see tpo_http_cork). */
+static struct { uint64_t conn, req; } corked[256];
+static int ncorked;
+
+static void uncork_all(void)
+{
+	for (int i = 0; i < ncorked; i++) {
+		struct tpo_http_conn *c = tpo_http_conn_lookup(srv, corked[i].conn);
+		struct sreq *r = req_find(corked[i].req);
+		if (c)
+			tpo_http_uncork(c);
+		if (r)
+			r->corked_batch = 0;
+	}
+	ncorked = 0;
+}
+
+static void cork(struct sreq *r, struct tpo_http_conn *c)
+{
+	if (!r->stream || r->corked_batch)
+		return;
+	if (ncorked == (int)(sizeof(corked) / sizeof(corked[0])))
+		uncork_all();
+	tpo_http_cork(c);
+	corked[ncorked].conn = r->conn;
+	corked[ncorked++].req = r->id;
+	r->corked_batch = 1;
+}
+
+
 static void grow_body(struct sreq *r, size_t need)
 {
 	size_t cap = r->body_cap ? r->body_cap : 4096;
@@ -494,13 +541,27 @@ static void on_end(struct sreq *r, struct tpo_http_conn *c, const struct tpo_rec
 		tpo_http_stream_write(c, TPO_OAI_DONE, TPO_OAI_DONE_LEN);
 		tpo_http_stream_end(c);
 	} else {
-		n = tpo_oai_full_response(out, sizeof(out), r->kind, id, r->created, r->model,
+		char *buf = out, *big = NULL;
+		size_t cap = sizeof(out);
+		n = tpo_oai_full_response(buf, cap, r->kind, id, r->created, r->model,
 					  r->body ? r->body : "", r->body_len, finish, pt, ct);
+		if (n < 0) {
+			/* Larger than the shared buffer: escaping at most sixfolds
+			 * the text (\u00XX). tpo_http_respond copies what it cannot
+			 * send at once. */
+			cap = r->body_len * 6 + 4096;
+			big = malloc(cap);
+			if (big)
+				n = tpo_oai_full_response(buf = big, cap, r->kind, id, r->created,
+							  r->model, r->body ? r->body : "",
+							  r->body_len, finish, pt, ct);
+		}
 		req_headers(hdr, sizeof(hdr), r, NULL);
 		if (n > 0)
-			tpo_http_respond(c, 200, "application/json", hdr, out, (size_t)n);
+			tpo_http_respond(c, 200, "application/json", hdr, buf, (size_t)n);
 		else
 			tpo_http_error_ex(c, 500, "response too large to encode", hdr);
+		free(big);
 	}
 	count_status(200);
 	tpo_stats_count_out(&st.stats, st.stage, st.lane, 1);
@@ -531,6 +592,7 @@ static void on_record(const struct tpo_rec *rec)
 	case TPO_MSG_TOKEN:
 		if (r->state == R_QUEUED)
 			r->state = R_INFER;
+		cork(r, c);
 		on_token(r, c, rec);
 		break;
 	case TPO_MSG_END:
@@ -549,6 +611,9 @@ static void on_record(const struct tpo_rec *rec)
 			memcpy(msg, e + 1, n);
 		}
 		msg[n] = 0;
+		/* The stage that failed it may not be the one running it (post
+		 * restarted mid-stream): make sure inference stops too. */
+		send_cancel(r, TPO_CANCEL_CLIENT);
 		req_fail(r, status, n ? msg : "internal error", NULL);
 		break;
 	}
@@ -575,6 +640,7 @@ static int drain_rings(void)
 			tpo_ring_release(ring);
 		total += n;
 	}
+	uncork_all();
 	return total;
 }
 
@@ -620,12 +686,15 @@ static void on_request(struct tpo_http_conn *c, struct tpo_http_req *req, void *
 	if (!strcmp(p, "/metrics")) {
 		if (!get)
 			return send_error(c, 405, "method not allowed: use GET", "Allow: GET, HEAD\r\n");
-		n = tpo_metrics_render(&st.stats, out, sizeof(out));
+		static char *mbuf;
+		if (!mbuf && !(mbuf = malloc(TPO_METRICS_MAX_BYTES)))
+			return send_error(c, 500, "out of memory", NULL);
+		n = tpo_metrics_render(&st.stats, mbuf, TPO_METRICS_MAX_BYTES);
 		if (n < 0)
 			return send_error(c, 500, "metrics too large", NULL);
 		count_status(200);
 		tpo_http_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL,
-				 out, (size_t)n);
+				 mbuf, (size_t)n);
 		return;
 	}
 	if (!strncmp(p, "/v1/", 4) && !authorized(req))
@@ -753,6 +822,11 @@ static int setup(void)
 	err = tpo_http_listen(srv, st.cfg.listen);
 	if (err < 0) {
 		tpo_log(LOG_ERR, "fatal: unable to listen on %s: %s", st.cfg.listen, strerror(-err));
+		/* An address in use or not ours: restarting cannot help, exit 78
+		 * so the supervisor does not crash-loop us. */
+		if (err == -EADDRINUSE || err == -EADDRNOTAVAIL || err == -EACCES ||
+		    err == -EINVAL)
+			return -EINVAL;
 		return err;
 	}
 	return 0;

@@ -64,6 +64,18 @@ static void on_request(struct tpo_http_conn *c, struct tpo_http_req *req, void *
 		tpo_http_stream_write(c, "data: 2\n\n", 9);
 		tpo_http_stream_write(c, "data: [DONE]\n\n", 14);
 		tpo_http_stream_end(c);
+	} else if (strcmp(req->path, "/corked") == 0) {
+		/* Corked output is held and then sent in order: by uncork, or by
+		 * the end of the response. */
+		tpo_http_cork(c);
+		tpo_http_stream_begin(c, 200, "text/event-stream", NULL);
+		tpo_http_stream_write(c, "data: 1\n\n", 9);
+		tpo_http_stream_write(c, "data: 2\n\n", 9);
+		tpo_http_uncork(c);
+		tpo_http_stream_write(c, "data: 3\n\n", 9);
+		tpo_http_cork(c);
+		tpo_http_stream_write(c, "data: [DONE]\n\n", 14);
+		tpo_http_stream_end(c);
 	} else if (strcmp(req->path, "/hold") == 0) {
 		ts.held_id = tpo_http_conn_id(c);
 	} else if (strcmp(req->path, "/id") == 0) {
@@ -479,6 +491,23 @@ Test(http, streaming_response_chunked)
 	cli_puts(cl, "GET /echo HTTP/1.1\r\nHost: x\r\n\r\n");
 	cr_assert_eq(read_resp(cl, &r), 0);
 	cr_assert_eq(r.status, 200);
+	cli_close(cl);
+	stop();
+}
+
+Test(http, corked_stream_flushes_in_order)
+{
+	struct resp r;
+	struct cli *cl;
+
+	start(NULL);
+	cl = cli_open();
+	for (int i = 0; i < 2; i++) {
+		cli_puts(cl, "GET /corked HTTP/1.1\r\nHost: x\r\n\r\n");
+		cr_assert_eq(read_resp(cl, &r), 0);
+		cr_assert_eq(r.status, 200);
+		cr_assert_str_eq(r.body, "data: 1\n\ndata: 2\n\ndata: 3\n\ndata: [DONE]\n\n");
+	}
 	cli_close(cl);
 	stop();
 }
