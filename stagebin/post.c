@@ -12,23 +12,36 @@
  * A TOKEN or END for a request this process never saw BEGIN for means we
  * were restarted mid-stream: the request is ended with one error rather than
  * streamed without its stop sequences.
+ *
+ * Deduplication. Records are delivered at least once between stages: a
+ * stage restarted between committing its output and releasing its input
+ * produces that output again, so infer may run a request twice at once.
+ * Infer numbers each job's TOKENs from 1 and its END one past the last, so
+ * only the next number is taken (a repeat is dropped), an END is taken only
+ * once every TOKEN before it was, and a BEGIN for a request that is already
+ * streaming is dropped.
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
 
 #include "stagebin/stage.h"
 #include "stagebin/textproc.h"
 
-#define TABLE_SIZE 8192          /* power of two, > requests in flight per lane */
-
+/*
+ * Request state: a pool of entries, found through an open-addressing index
+ * (linear probing, backward-shift deletion: no tombstones, so a miss stops
+ * at the first empty slot however long the process runs). Sized at start
+ * for twice the lane's admission budget; the index is kept at most half full.
+ */
 struct req {
-	uint64_t id;                 /* 0: free slot */
-	uint8_t  dead;               /* tombstone */
+	uint64_t id;
 	uint8_t  done;               /* ended: drop further records */
 	uint32_t origin;
 	uint32_t seq;                /* our TOKEN numbering, from 1 */
+	uint32_t in_seq;             /* infer's numbering: last TOKEN taken */
 	uint32_t tokens;             /* TOKEN records received */
 	uint32_t max_tokens;
 	uint32_t prompt_tokens;
@@ -36,40 +49,68 @@ struct req {
 	struct tpo_stopper stop;
 };
 
-static struct req table[TABLE_SIZE];
+static struct req *pool;
+static uint32_t *free_list, nfree;
+static uint32_t *index_tab, index_mask;     /* 0 empty, else pool index + 1 */
 static char buf1[1 << 17], buf2[1 << 17];
+
+static int table_init(uint32_t budget)
+{
+	uint32_t n = 4096;
+
+	while (n < 2 * budget && n < (1u << 24))
+		n <<= 1;
+	pool = calloc(n, sizeof(*pool));
+	free_list = calloc(n, sizeof(*free_list));
+	index_tab = calloc(2 * (size_t)n, sizeof(*index_tab));
+	if (!pool || !free_list || !index_tab)
+		return -ENOMEM;
+	index_mask = 2 * n - 1;
+	for (uint32_t k = 0; k < n; k++)
+		free_list[nfree++] = n - 1 - k;
+	return 0;
+}
+
+static uint32_t home(uint64_t id)
+{
+	return (uint32_t)((id * 0x9e3779b97f4a7c15ull) >> 32) & index_mask;
+}
 
 static struct req *lookup(uint64_t id, int create)
 {
-	uint32_t h = (uint32_t)((id * 0x9e3779b97f4a7c15ull) >> 40) & (TABLE_SIZE - 1);
-	struct req *tomb = NULL;
+	uint32_t i = home(id);
+	struct req *r;
 
-	for (uint32_t i = 0; i < TABLE_SIZE; i++) {
-		struct req *r = &table[(h + i) & (TABLE_SIZE - 1)];
-		if (r->id == id && !r->dead)
-			return r;
-		if (r->id == 0) {
-			if (!create)
-				return NULL;
-			r = tomb ? tomb : r;
-			memset(r, 0, sizeof(*r));
-			r->id = id;
-			return r;
-		}
-		if (r->dead && !tomb)
-			tomb = r;
-	}
-	if (create && tomb) {
-		memset(tomb, 0, sizeof(*tomb));
-		tomb->id = id;
-		return tomb;
-	}
-	return NULL;
+	for (; index_tab[i]; i = (i + 1) & index_mask)
+		if (pool[index_tab[i] - 1].id == id)
+			return &pool[index_tab[i] - 1];
+	if (!create || !nfree)
+		return NULL;
+	r = &pool[free_list[--nfree]];
+	memset(r, 0, sizeof(*r));
+	r->id = id;
+	index_tab[i] = (uint32_t)(r - pool) + 1;
+	return r;
 }
 
 static void forget(struct req *r)
 {
-	r->dead = 1;
+	uint32_t want = (uint32_t)(r - pool) + 1, i = home(r->id), j;
+
+	while (index_tab[i] != want)
+		i = (i + 1) & index_mask;
+	/* Backward shift: pull later entries of the probe run into the hole
+	 * unless their home lies cyclically in (hole, their slot]. */
+	for (j = (i + 1) & index_mask; index_tab[j]; j = (j + 1) & index_mask) {
+		uint32_t k = home(pool[index_tab[j] - 1].id);
+		if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
+			continue;
+		index_tab[i] = index_tab[j];
+		i = j;
+	}
+	index_tab[i] = 0;
+	r->id = 0;
+	free_list[nfree++] = (uint32_t)(r - pool);
 }
 
 static int emit_text(struct tpo_stage *st, struct req *r, const char *s, size_t n)
@@ -126,6 +167,9 @@ static int on_token(struct tpo_stage *st, struct req *r, const struct tpo_rec *r
 	size_t n1 = 0, n2 = 0;
 	int err;
 
+	if (rec->seq != r->in_seq + 1)
+		return 0;            /* a repeat from a redelivered job */
+	r->in_seq = rec->seq;
 	r->tokens++;
 	tpo_stats_count_tokens(&st->stats, st->stage, st->lane, 1);
 	tpo_utf8_join(&r->utf8, tpo_rec_data(rec), rec->len, buf1, sizeof(buf1), &n1);
@@ -141,6 +185,24 @@ static int on_token(struct tpo_stage *st, struct req *r, const struct tpo_rec *r
 	return 0;
 }
 
+/*
+ * A TOKEN or END of a request we never saw begin: we were restarted while it
+ * streamed. One error for it; its later records are dropped (the entry is
+ * kept, done, until its END).
+ */
+static int lost(struct tpo_stage *st, int k, const struct tpo_rec *rec)
+{
+	struct req *r = rec->type == TPO_MSG_TOKEN ? lookup(rec->req_id, 1) : NULL;
+
+	if (r) {
+		r->origin = rec->aux;
+		r->done = 1;
+	}
+	tpo_stats_count_error(&st->stats, st->stage, st->lane, 1);
+	return tpo_stage_emit_error(st, k, rec->req_id, rec->aux, 502,
+		"the post-processing stage restarted while this response was streaming");
+}
+
 static int on_record(struct tpo_stage *st, int in, const struct tpo_rec *rec)
 {
 	struct req *r;
@@ -154,7 +216,11 @@ static int on_record(struct tpo_stage *st, int in, const struct tpo_rec *rec)
 		if (rec->len < sizeof(*m) || tpo_msg_req_size(m) != rec->len)
 			return tpo_stage_emit_error(st, k, rec->req_id, rec->aux, 500,
 						    "internal error: malformed BEGIN record");
-		r = lookup(rec->req_id, 1);
+		r = lookup(rec->req_id, 0);
+		if (r && (r->done || r->in_seq))
+			return 0;        /* a redelivered job of a request under way */
+		if (!r)
+			r = lookup(rec->req_id, 1);
 		if (!r)
 			return tpo_stage_emit_error(st, k, rec->req_id, rec->aux, 503,
 						    "too many requests in flight in this lane");
@@ -170,18 +236,16 @@ static int on_record(struct tpo_stage *st, int in, const struct tpo_rec *rec)
 	case TPO_MSG_TOKEN:
 		r = lookup(rec->req_id, 0);
 		if (!r)
-			return tpo_stage_emit_error(st, k, rec->req_id, rec->aux, 502,
-				"the post-processing stage restarted while this response "
-				"was streaming");
+			return lost(st, k, rec);
 		if (r->done)
 			return 0;
 		return on_token(st, r, rec);
 	case TPO_MSG_END:
 		r = lookup(rec->req_id, 0);
 		if (!r)
-			return tpo_stage_emit_error(st, k, rec->req_id, rec->aux, 502,
-				"the post-processing stage restarted while this response "
-				"was streaming");
+			return lost(st, k, rec);
+		if (!r->done && rec->seq != r->in_seq + 1)
+			return 0;        /* a redelivered job is ahead of the first */
 		if (!r->done) {
 			const struct tpo_msg_end *e = rec->len >= sizeof(*e) ? tpo_rec_data(rec) : NULL;
 			int err = finish(st, r, e ? e->finish : TPO_FINISH_STOP, e);
@@ -217,6 +281,8 @@ int main(int argc, char **argv)
 
 	if (rc)
 		return rc;
+	if (table_init(st.cfg.admission.max_inflight_per_lane) < 0)
+		return 111;
 	rc = tpo_stage_run(&st, on_record);
 	tpo_stage_fini(&st);
 	return rc;
