@@ -392,18 +392,19 @@ int main(int argc, char **argv)
 		return 111;
 
 	while (!tpo_stage_stopping) {
-		uint64_t now = tpo_now_ns(), next;
+		uint64_t now = st.now_ns = tpo_now_ns(), next;
 		int n = on_input(), timeout;
 
 		if (n < 0)
 			return 111;
 		if (ops->drive)
 			ops->drive(worker, now);
-		now = tpo_now_ns();
+		now = st.now_ns = tpo_now_ns();
 		next = run_jobs(now);
 		/* Publish this round's output once, record it in the journal, then
 		 * free finished input. */
 		tpo_stage_flush(&st);
+		st.now_ns = 0;
 		journal_sync();
 		release_done();
 		tpo_stage_tick(&st);

@@ -121,8 +121,9 @@ int tpo_stage_wait(struct tpo_stage *st, int timeout_ms);
 
 /*
  * Runs the loop of a one-record-at-a-time stage: for each input record,
- * calls fn, then releases it. Records queue wait (enqueue to dequeue) and
- * service time (fn's run) of every record in the stats segment. fn returns 0, or -errno to stop the stage
+ * calls fn; commits the batch's output, then releases its input. Records the
+ * queue wait (enqueue to dequeue) of every record and the service time per
+ * record (averaged over its batch) in the stats segment. fn returns 0, or -errno to stop the stage
  * (exit code 111). A corrupt input ring stops the stage too.
  */
 typedef int tpo_stage_fn(struct tpo_stage *st, int in, const struct tpo_rec *rec);
