@@ -2,8 +2,9 @@
  * tpo-assemble — prompt assembly: REQ (messages + context) in, PROMPT out.
  *
  * Fills stages.assemble.template ({context}, {messages}) and enforces the
- * prompt budget (max_prompt_bytes): an over-budget request ends with 400
- * and a message saying by how much.
+ * prompt budget (max_prompt_bytes): retrieved context is trimmed to fit
+ * (at a UTF-8 character boundary); if the messages alone do not fit, the
+ * request ends with 413 and a message saying by how much.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -12,6 +13,31 @@
 
 #include "stagebin/stage.h"
 #include "stagebin/textproc.h"
+
+/* The template filled with the first clen bytes of the context. */
+static int fill(const struct tpo_stage *st, const struct tpo_msg_req *m, uint32_t clen,
+		char *out, uint32_t room)
+{
+	return tpo_template_fill(st->cfg.stages.assemble.template,
+				 tpo_msg_req_ctx(m), clen,
+				 tpo_msg_req_text(m), m->text_len, out, room);
+}
+
+/* n, moved back so that s[0..n) does not end inside a UTF-8 character. */
+static uint32_t utf8_cut(const char *s, uint32_t n)
+{
+	uint32_t k = n;
+
+	while (k > 0 && ((uint8_t)s[k - 1] & 0xc0) == 0x80)
+		k--;
+	if (k > 0 && (uint8_t)s[k - 1] >= 0xc0) {
+		uint8_t b = (uint8_t)s[k - 1];
+		uint32_t len = b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : 2;
+		if (n - (k - 1) < len)
+			return k - 1;  /* the last character is incomplete */
+	}
+	return n;
+}
 
 static int on_record(struct tpo_stage *st, int in, const struct tpo_rec *rec)
 {
@@ -34,10 +60,20 @@ static int on_record(struct tpo_stage *st, int in, const struct tpo_rec *rec)
 	if (err < 0)
 		return err;
 	o = tpo_rec_data(out);
-	n = tpo_template_fill(st->cfg.stages.assemble.template,
-			      tpo_msg_req_ctx(m), m->ctx_len,
-			      tpo_msg_req_text(m), m->text_len,
-			      tpo_msg_req_text(o), room);
+	n = fill(st, m, m->ctx_len, tpo_msg_req_text(o), room);
+	if (n < 0 && m->ctx_len) {
+		/* Over budget: trim the retrieved context, never the messages. */
+		int bare = fill(st, m, 0, tpo_msg_req_text(o), room);
+		uint32_t clen = bare >= 0 ? room - (uint32_t)bare : 0;
+
+		if (clen > m->ctx_len)
+			clen = m->ctx_len;
+		while (clen > 0 && (n = fill(st, m, utf8_cut(tpo_msg_req_ctx(m), clen),
+					     tpo_msg_req_text(o), room)) < 0)
+			clen /= 2;    /* {context} appears more than once */
+		if (n < 0 && bare >= 0)
+			n = fill(st, m, 0, tpo_msg_req_text(o), room);
+	}
 	if (n < 0) {
 		char msg[200];
 		/* The reservation is simply not committed: it is overwritten. */
@@ -46,7 +82,7 @@ static int on_record(struct tpo_stage *st, int in, const struct tpo_rec *rec)
 			 "context exceed the prompt budget of %u bytes",
 			 m->text_len + m->ctx_len, budget);
 		tpo_stats_count_error(&st->stats, st->stage, st->lane, 1);
-		return tpo_stage_emit_error(st, 0, rec->req_id, rec->aux, 400, msg);
+		return tpo_stage_emit_error(st, 0, rec->req_id, rec->aux, 413, msg);
 	}
 	*o = *m;
 	o->text_len = (uint32_t)n;

@@ -16,6 +16,7 @@
 #include <stdarg.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -757,6 +758,7 @@ int tpo_sup_stop(const char *name, int timeout_ms)
 	struct tpo_stats_info info;
 	uint64_t end;
 	pid_t pid;
+	int pidfd;
 
 	memset(&st, 0, sizeof(st));
 	if (attach_or_say(&st, name) < 0)
@@ -768,26 +770,44 @@ int tpo_sup_stop(const char *name, int timeout_ms)
 	}
 	tpo_stats_close(&st);
 	pid = info.sup_pid;
-	if (kill(pid, SIGTERM) < 0) {
-		if (errno == ESRCH) {
-			fprintf(stderr, "tpo-supervisor: instance '%s' is not running "
-				"(stale segments are removed at the next start)\n", name);
-			return TPO_EX_OK;
-		}
+	/* A pidfd turns readable when the process has exited, even while it
+	 * is an unreaped zombie (kill(pid, 0) would still succeed then). */
+	pidfd = pidfd_open(pid);
+	if (pidfd >= 0 && kill(pid, SIGTERM) < 0) {
+		int e = errno;
+		close(pidfd);
+		pidfd = -e;
+	}
+	if (pidfd == -ESRCH) {
+		fprintf(stderr, "tpo-supervisor: instance '%s' is not running "
+			"(stale segments are removed at the next start)\n", name);
+		return TPO_EX_OK;
+	}
+	if (pidfd < 0) {
 		fprintf(stderr, "tpo-supervisor: unable to signal pid %d: %s\n",
-			(int)pid, strerror(errno));
+			(int)pid, strerror(-pidfd));
 		return TPO_EX_SYSTEM;
 	}
 	if (timeout_ms <= 0)
 		timeout_ms = 60000;
 	end = now_ms() + (uint64_t)timeout_ms;
-	while (now_ms() < end) {
-		if (kill(pid, 0) < 0 && errno == ESRCH) {
+	for (;;) {
+		struct pollfd pf = { .fd = pidfd, .events = POLLIN };
+		uint64_t t = now_ms();
+		int r;
+
+		if (t >= end)
+			break;
+		r = poll(&pf, 1, (int)(end - t));
+		if (r > 0) {
+			close(pidfd);
 			printf("instance '%s' stopped\n", name);
 			return TPO_EX_OK;
 		}
-		usleep(20000);
+		if (r < 0 && errno != EINTR)
+			break;
 	}
+	close(pidfd);
 	fprintf(stderr, "tpo-supervisor: instance '%s' (pid %d) is still draining after %d ms\n",
 		name, (int)pid, timeout_ms);
 	return TPO_EX_SYSTEM;

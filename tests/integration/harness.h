@@ -34,6 +34,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "shm/ring.h"
+#include "shm/ringset.h"
 #include "shm/seg.h"
 #include "shm/stats.h"
 #include "stagebin/textproc.h"
@@ -275,7 +277,7 @@ struct h_conn {
 	int chunked;
 	int64_t clen;                /* -1: none */
 	int body_done;               /* the whole body was received */
-	int error;                   /* read error or timeout */
+	int error;                   /* errno of a failed read, EAGAIN: timeout */
 	char *raw;                   /* received, not yet decoded */
 	size_t raw_len, raw_cap;
 	char *body;                  /* decoded body */
@@ -344,7 +346,9 @@ H_FN void h_decode(struct h_conn *c)
 		if (c->clen >= 0 && (int64_t)(c->body_len + n) > c->clen)
 			n = (size_t)(c->clen - (int64_t)c->body_len);
 		h_buf_add(&c->body, &c->body_len, &c->body_cap, c->raw, n);
-		c->raw_len = 0;
+		/* Bytes past the body are the next (pipelined) response's. */
+		memmove(c->raw, c->raw + n, c->raw_len - n);
+		c->raw_len -= n;
 		if (c->clen >= 0 && (int64_t)c->body_len >= c->clen)
 			c->body_done = 1;
 		return;
@@ -352,17 +356,21 @@ H_FN void h_decode(struct h_conn *c)
 	while (!c->body_done) {
 		char *p = c->raw + used;
 		size_t avail = c->raw_len - used;
-		if (c->chunk_left < 0) {
+		if (c->chunk_left == -2) {
+			/* After the last chunk: no trailers, the empty line. */
+			if (avail < 2)
+				break;
+			cr_assert_eq(memcmp(p, "\r\n", 2), 0, "bad chunked body end");
+			used += 2;
+			c->body_done = 1;
+		} else if (c->chunk_left < 0) {
 			char *e = memmem(p, avail, "\r\n", 2);
 			if (!e)
 				break;
 			c->chunk_left = strtoll(p, NULL, 16);
 			used += (size_t)(e - p) + 2;
-			if (c->chunk_left == 0) {
-				/* Trailer section: we send none; expect the empty line. */
-				c->body_done = 1;
-				break;
-			}
+			if (c->chunk_left == 0)
+				c->chunk_left = -2;
 		} else if (c->chunk_left > 0) {
 			size_t n = avail < (size_t)c->chunk_left ? avail : (size_t)c->chunk_left;
 			if (!n)
@@ -391,7 +399,7 @@ H_FN int h_read_some(struct h_conn *c)
 		r = recv(c->fd, tmp, sizeof(tmp), 0);
 	while (r < 0 && errno == EINTR);
 	if (r < 0) {
-		c->error = 1;
+		c->error = errno;    /* EAGAIN: the hang detector fired */
 		return -1;
 	}
 	if (r == 0)
@@ -449,9 +457,9 @@ H_FN int h_read_body(struct h_conn *c)
 	return 0;
 }
 
-/* Sends one request on a new connection and reads its head. */
-H_FN void h_open(struct h_conn *c, int port, const char *method, const char *path,
-		 const char *headers, const char *body, size_t body_len)
+/* Sends one request on a new connection (the response is not read). */
+H_FN void h_begin(struct h_conn *c, int port, const char *method, const char *path,
+		  const char *headers, const char *body, size_t body_len)
 {
 	char req[8192];
 	int n;
@@ -468,6 +476,13 @@ H_FN void h_open(struct h_conn *c, int port, const char *method, const char *pat
 	cr_assert_eq(h_send_all(c->fd, req, (size_t)n), 0);
 	if (body && body_len)
 		cr_assert_eq(h_send_all(c->fd, body, body_len), 0);
+}
+
+/* Sends one request on a new connection and reads its head. */
+H_FN void h_open(struct h_conn *c, int port, const char *method, const char *path,
+		 const char *headers, const char *body, size_t body_len)
+{
+	h_begin(c, port, method, path, headers, body, body_len);
 	cr_assert_eq(h_read_head(c), 0, "%s %s: no response head", method, path);
 }
 
@@ -655,6 +670,8 @@ struct h_inst {
 	char log[128];
 	int nlanes;
 	int stopped;
+	int crashes_ok;              /* the test kills or crashes stages */
+	int busy_ok;                 /* requests may still be in flight at stop */
 };
 
 /* The instances a test started, for the cleanup fixture. */
@@ -671,7 +688,7 @@ H_FN void h_register(struct h_inst *in)
 
 H_FN void h_print_log(const struct h_inst *in)
 {
-	static char buf[16384];
+	static char buf[65536];
 	ssize_t n = h_read_file(in->log, buf, sizeof(buf));
 
 	if (n > 0)
@@ -714,20 +731,23 @@ H_FN void h_wait_ready(struct h_inst *in)
 	}
 }
 
+H_FN void h_wait_all_up(const struct h_inst *in);
+
 /*
- * Starts tpo-supervisor start --name it<pid>_<tag> --listen 127.0.0.1:<free>
- * [-c <cfg_json written to /tmp>] with env_kv ("NAME=value", may be NULL)
- * added to its environment; returns once /readyz says 200 unless wait is 0.
+ * Starts tpo-supervisor start --name it<pid>_<tag> --listen 127.0.0.1:<port>
+ * (0: a free one) [-c <cfg_json written to /tmp>] with env_kv ("NAME=value",
+ * may be NULL) added to its environment; returns once /readyz says 200 and
+ * every unit runs, unless wait is 0.
  */
-H_FN void h_start_ex(struct h_inst *in, const char *tag, const char *cfg_json,
-		     const char *env_kv, int wait)
+H_FN void h_launch(struct h_inst *in, const char *tag, const char *cfg_json,
+		   const char *env_kv, int port, int wait)
 {
 	char listen[64], path[4096];
 	int fd;
 
 	memset(in, 0, sizeof(*in));
 	snprintf(in->name, sizeof(in->name), "it%d_%s", (int)getpid(), tag);
-	in->port = h_free_port();
+	in->port = port ? port : h_free_port();
 	snprintf(listen, sizeof(listen), "127.0.0.1:%d", in->port);
 	snprintf(in->log, sizeof(in->log), "/tmp/tpo-it.%s.log", in->name);
 	if (cfg_json) {
@@ -756,8 +776,16 @@ H_FN void h_start_ex(struct h_inst *in, const char *tag, const char *cfg_json,
 	}
 	close(fd);
 	h_register(in);
-	if (wait)
+	if (wait) {
 		h_wait_ready(in);
+		h_wait_all_up(in);
+	}
+}
+
+H_FN void h_start_ex(struct h_inst *in, const char *tag, const char *cfg_json,
+		     const char *env_kv, int wait)
+{
+	h_launch(in, tag, cfg_json, env_kv, 0, wait);
 }
 
 H_FN void h_start(struct h_inst *in, const char *tag, const char *cfg_json)
@@ -771,7 +799,9 @@ H_FN void h_stats_attach(const struct h_inst *in, struct tpo_stats *st)
 	int err;
 
 	memset(st, 0, sizeof(*st));
-	while ((err = tpo_stats_attach(st, in->name, 0)) == -EAGAIN && h_now_ms() < end)
+	/* Not created or not published yet right after a start. */
+	while (((err = tpo_stats_attach(st, in->name, 0)) == -EAGAIN || err == -ENOENT) &&
+	       h_now_ms() < end)
 		h_sleep_ms(10);
 	cr_assert_eq(err, 0, "attach stats of %s: %s", in->name, tpo_seg_strerror(err));
 }
@@ -818,6 +848,35 @@ H_FN int h_stage_pids(const struct h_inst *in, pid_t pids[TPO_NSTAGES * TPO_MAX_
 	return n;
 }
 
+/*
+ * /readyz says 200 once one lane is up; this waits for every unit of every
+ * lane to run a process that has started (claimed its stats slot, so it is
+ * pinned, attached and serving).
+ */
+H_FN void h_wait_all_up(const struct h_inst *in)
+{
+	struct tpo_stats st;
+	struct tpo_stats_info info;
+	uint64_t end = h_now_ms() + H_HANG_MS;
+	int up;
+
+	h_stats_attach(in, &st);
+	h_info(&st, &info);
+	do {
+		up = 1;
+		for (int s = 0; s < TPO_NSTAGES && up; s++)
+			for (uint32_t l = 0; l < info.nlanes && up; l++) {
+				struct tpo_proc_snapshot p;
+				h_proc(&st, s, (int)l, &p);
+				up = p.state == TPO_UNIT_RUNNING && p.pid > 0 && p.child_pid == p.pid;
+			}
+		if (!up)
+			h_sleep_ms(5);
+	} while (!up && h_now_ms() < end);
+	tpo_stats_close(&st);
+	cr_assert(up, "not every unit of %s came up", in->name);
+}
+
 /* 1 if any /dev/shm/tpo.<name>.* exists. */
 H_FN int h_shm_left(const char *name)
 {
@@ -858,13 +917,93 @@ H_FN void h_unlink_files(const struct h_inst *in)
 }
 
 /*
- * SIGTERM, wait; asserts exit 0, no segment and no stage process left.
+ * Asserts the instance's log holds no sanitizer report and, unless the test
+ * crashes stages on purpose, no stage crash or unexpected exit.
+ */
+H_FN void h_check_log(const struct h_inst *in)
+{
+	static char buf[1 << 20];
+	static const char *const bad[] = {
+		"AddressSanitizer", "LeakSanitizer", "runtime error:", "ThreadSanitizer",
+	};
+	static const char *const crash[] = {
+		"killed by signal", "exited with status", "did not stop in time",
+		"no heartbeat", "fatal:",
+	};
+
+	if (h_read_file(in->log, buf, sizeof(buf)) < 0)
+		return;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		if (strstr(buf, bad[i])) {
+			h_print_log(in);
+			cr_assert_fail("sanitizer report in %s", in->log);
+		}
+	for (size_t i = 0; !in->crashes_ok && i < sizeof(crash) / sizeof(crash[0]); i++)
+		if (strstr(buf, crash[i])) {
+			h_print_log(in);
+			cr_assert_fail("unexpected '%s' in the log", crash[i]);
+		}
+}
+
+/*
+ * Once every client is done, every request must have ended everywhere: no
+ * stage holds one (in-flight gauges 0) and every ring is empty. Polls with
+ * the hang detector (stages publish on their ticks).
+ */
+H_FN void h_assert_idle(const struct h_inst *in)
+{
+	struct tpo_stats st;
+	struct tpo_ringset rs;
+	struct tpo_stats_info info;
+	uint64_t end = h_now_ms() + H_HANG_MS;
+	char what[128];
+
+	h_stats_attach(in, &st);
+	h_info(&st, &info);
+	cr_assert_eq(tpo_ringset_attach(&rs, in->name), 0);
+	for (;;) {
+		what[0] = 0;
+		for (int s = 0; s < TPO_NSTAGES && !what[0]; s++)
+			for (uint32_t l = 0; l < info.nlanes; l++) {
+				struct tpo_proc_snapshot p;
+				h_proc(&st, s, (int)l, &p);
+				if (p.in_flight != 0) {
+					snprintf(what, sizeof(what), "%s[%u] holds %lld request(s)",
+						 tpo_stats_stage_name(s), l, (long long)p.in_flight);
+					break;
+				}
+			}
+		for (uint32_t i = 0; i < rs.hdr->nrings && !what[0]; i++) {
+			const struct tpo_ringset_ent *e = &rs.ent[i];
+			const struct tpo_ring_shm *r =
+				(const void *)((const uint8_t *)rs.seg.base + e->offset);
+			uint64_t h = atomic_load(&r->head), t = atomic_load(&r->tail);
+			if (h != t)
+				snprintf(what, sizeof(what), "ring %s[%u] -> %s[%u] holds %llu bytes",
+					 tpo_stage_name(e->from_stage), e->from_lane,
+					 tpo_stage_name(e->to_stage), e->to_lane,
+					 (unsigned long long)(h - t));
+		}
+		if (!what[0] || h_now_ms() > end)
+			break;
+		h_sleep_ms(10);
+	}
+	tpo_ringset_close(&rs);
+	tpo_stats_close(&st);
+	cr_assert_eq(what[0], 0, "instance %s not idle: %s", in->name, what);
+}
+
+/*
+ * SIGTERM, wait; asserts exit 0, no segment and no stage process left, and
+ * a clean log.
  */
 H_FN void h_stop(struct h_inst *in)
 {
 	pid_t pids[TPO_NSTAGES * TPO_MAX_LANES];
 	int status;
 
+	if (!in->busy_ok)
+		h_assert_idle(in);
 	h_stage_pids(in, pids);
 	cr_assert_eq(kill(in->pid, SIGTERM), 0);
 	status = h_wait_exit(in->pid, H_HANG_MS * 2);
@@ -882,6 +1021,7 @@ H_FN void h_stop(struct h_inst *in)
 	cr_assert_eq(WEXITSTATUS(status), 0, "supervisor exit status %d", WEXITSTATUS(status));
 	cr_assert_not(h_shm_left(in->name), "segments of %s left in /dev/shm", in->name);
 	h_assert_pids_gone(pids, TPO_NSTAGES * TPO_MAX_LANES);
+	h_check_log(in);
 	h_unlink_files(in);
 }
 
@@ -899,7 +1039,8 @@ H_FN void h_cleanup(void)
 		}
 		in->stopped = 1;
 		tpo_seg_sweep(in->name, 0);
-		fprintf(stderr, "log of the failed test kept in %s\n", in->log);
+		h_print_log(in);
+		h_unlink_files(in);
 	}
 }
 
@@ -992,6 +1133,35 @@ H_FN int h_read_stream(struct h_conn *c, int chat, char *text, size_t cap,
 	cr_assert(finish[0], "stream ended without a finish_reason");
 	cr_assert_geq(*usage, 0, "stream without a usage chunk");
 	return chunks;
+}
+
+/*
+ * Reads a stream to its end without judging it: counts content events,
+ * error events and [DONE]; asserts the body ended cleanly (no hang) and
+ * that nothing follows an error event or [DONE].
+ */
+H_FN void h_drain_stream(struct h_conn *c, int *content, int *errors, int *done)
+{
+	static char ev[1 << 16];
+	int r;
+
+	*content = *errors = *done = 0;
+	while ((r = h_sse_next(c, ev, sizeof(ev))) == 1) {
+		cr_assert_eq(*errors + *done, 0, "event after the end: %s", ev);
+		if (!strcmp(ev, "[DONE]")) {
+			*done = 1;
+		} else if (strstr(ev, "\"error\"")) {
+			h_assert_oai_error(ev, NULL);
+			(*errors)++;
+		} else {
+			struct h_json j;
+			cr_assert_eq(h_json_parse(&j, ev), 0, "event is not JSON: %s", ev);
+			if (h_json_size(&j, "choices") == 1 && h_json_null(&j, "choices.0.finish_reason"))
+				(*content)++;
+			h_json_free(&j);
+		}
+	}
+	cr_assert_eq(r, 0, "the stream did not end cleanly (read error or hang)");
 }
 
 #endif

@@ -1,0 +1,637 @@
+/*
+ * test_supervisor.c — the supervisor (issue 3) with real processes and
+ * signals: pinning, restarts, PDEATHSIG, a second start, config errors,
+ * usage, draining stop, and the restart circuit.
+ */
+#include "tests/integration/harness.h"
+
+#define FAST_CFG \
+	"{\"lanes\": 2, \"restart\": {\"base_ms\": 10, \"cap_ms\": 50}," \
+	" \"stages\": {\"infer\": {\"mock\": {\"tokens_per_second\": 0, \"max_tokens\": 8}}}}"
+
+static struct h_inst in;
+
+TestSuite(supervisor, .fini = h_cleanup, .timeout = 120);
+
+/* Non-streaming chat with a session id; returns the lane that served it. */
+static int chat_lane(const char *session, int *status)
+{
+	struct h_conn c;
+	char body[512], hdr[128];
+	int lane;
+
+	h_chat_body(body, sizeof(body), "ping [[tpo:tokens=2]]", 0, NULL);
+	snprintf(hdr, sizeof(hdr), "X-Session-Id: %s\r\n", session);
+	h_http(&c, in.port, "POST", "/v1/chat/completions", hdr, body);
+	*status = c.status;
+	lane = h_lane(&c);
+	h_conn_free(&c);
+	return lane;
+}
+
+/* A session id that the front maps to lane, found by asking it. */
+static void session_for_lane(int lane, char *sid, size_t cap)
+{
+	int status;
+
+	for (int i = 0; i < 64; i++) {
+		snprintf(sid, cap, "sess-%d", i);
+		if (chat_lane(sid, &status) == lane) {
+			cr_assert_eq(status, 200);
+			return;
+		}
+	}
+	cr_assert_fail("no session maps to lane %d", lane);
+}
+
+/* Waits until (stage, lane) runs a process other than old_pid; its snapshot. */
+static void wait_restarted(const struct tpo_stats *st, int stage, int lane, pid_t old_pid,
+			   struct tpo_proc_snapshot *p)
+{
+	uint64_t end = h_now_ms() + H_HANG_MS;
+
+	do {
+		h_proc(st, stage, lane, p);
+		if (p->pid > 0 && p->pid != old_pid && p->state == TPO_UNIT_RUNNING &&
+		    p->child_pid == p->pid)
+			return;
+		h_sleep_ms(5);
+	} while (h_now_ms() < end);
+	cr_assert_fail("stage %d lane %d not restarted (state %u pid %d)", stage, lane,
+		       p->state, p->pid);
+}
+
+static void wait_ready_lane(int lane)
+{
+	char sid[32];
+	int status;
+	uint64_t end = h_now_ms() + H_HANG_MS;
+
+	session_for_lane(lane, sid, sizeof(sid));
+	while (chat_lane(sid, &status) != lane && h_now_ms() < end)
+		h_sleep_ms(10);
+}
+
+/* The `status` line of stage[lane]: its pid, state and restarts. */
+static int status_of(const char *stage, int lane, char *state, unsigned *restarts)
+{
+	static char out[16384];
+	char *line;
+
+	cr_assert_eq(h_sup(out, sizeof(out), "status", "--name", in.name, NULL, NULL, NULL), 0,
+		     "%s", out);
+	for (line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
+		char st[32];
+		unsigned l;
+		int cpu, pid;
+		if (sscanf(line, "%31s %u %d %d %31s %u", st, &l, &cpu, &pid, state, restarts) == 6 &&
+		    !strcmp(st, stage) && (int)l == lane)
+			return pid;
+	}
+	cr_assert_fail("no status line for %s[%d]", stage, lane);
+	return -1;
+}
+
+Test(supervisor, children_pinned_to_lane_cpu)
+{
+	struct tpo_stats st;
+	struct tpo_stats_info info;
+	int checked = 0;
+
+	h_start(&in, "pin", FAST_CFG);
+	h_stats_attach(&in, &st);
+	h_info(&st, &info);
+	cr_assert_eq(info.nlanes, 2);
+	cr_assert_eq(info.sup_pid, in.pid);
+	for (int s = 0; s < TPO_NSTAGES; s++)
+		for (uint32_t l = 0; l < info.nlanes; l++) {
+			struct tpo_proc_snapshot p;
+			char path[64], buf[4096], want[16], *line;
+			h_proc(&st, s, (int)l, &p);
+			cr_assert_gt(p.pid, 0);
+			cr_assert_eq(p.state, TPO_UNIT_RUNNING);
+			snprintf(path, sizeof(path), "/proc/%d/status", (int)p.pid);
+			cr_assert_gt(h_read_file(path, buf, sizeof(buf)), 0);
+			line = strstr(buf, "Cpus_allowed_list:");
+			cr_assert_not_null(line);
+			line += strlen("Cpus_allowed_list:");
+			while (*line == '\t' || *line == ' ')
+				line++;
+			*strchr(line, '\n') = 0;
+			cr_assert_geq(info.lane_cpu[l], 0, "lane %u unpinned", l);
+			snprintf(want, sizeof(want), "%d", info.lane_cpu[l]);
+			cr_assert_str_eq(line, want, "%s[%u] pid %d allowed on %s, lane cpu %s",
+					 tpo_stats_stage_name(s), l, (int)p.pid, line, want);
+			checked++;
+		}
+	cr_assert_eq(checked, 10);
+	/* The supervisor itself is not pinned to one lane. */
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
+
+/* The deterministic answer to a prompt (non-streaming, any lane). */
+static void reference(struct h_conn *c, char *text, size_t cap)
+{
+	struct h_json j;
+
+	cr_assert_eq(h_read_head(c), 0);
+	cr_assert_eq(h_read_body(c), 0);
+	cr_assert_eq(c->status, 200, "%d %s", c->status, c->body);
+	cr_assert_eq(h_json_parse(&j, c->body), 0);
+	cr_assert_gt(h_json_str(&j, "choices.0.message.content", text, cap), 0);
+	h_json_free(&j);
+	h_conn_free(c);
+}
+
+/*
+ * Reads a stream to its end; its content must be the reference (complete
+ * with [DONE]) or a prefix of it followed by exactly one error event: no
+ * token lost or repeated, no hang. Returns 1 complete, 0 error.
+ */
+static int stream_outcome(struct h_conn *c, const char *ref, int i)
+{
+	static char ev[1 << 16];
+	char text[8192];
+	size_t tl = 0;
+	int r, done = 0, errors = 0;
+
+	text[0] = 0;
+	while ((r = h_sse_next(c, ev, sizeof(ev))) == 1) {
+		struct h_json j;
+		int n;
+		cr_assert_eq(done + errors, 0, "stream %d: event after the end: %s", i, ev);
+		if (!strcmp(ev, "[DONE]")) {
+			done = 1;
+			continue;
+		}
+		if (strstr(ev, "\"error\"")) {
+			h_assert_oai_error(ev, NULL);
+			errors++;
+			continue;
+		}
+		cr_assert_eq(h_json_parse(&j, ev), 0, "%s", ev);
+		if (h_json_size(&j, "choices") == 1 && h_json_null(&j, "choices.0.finish_reason")) {
+			n = h_json_str(&j, "choices.0.delta.content", text + tl, sizeof(text) - tl);
+			cr_assert_geq(n, 0);
+			tl += (size_t)n;
+		}
+		h_json_free(&j);
+	}
+	cr_assert_eq(r, 0, "stream %d did not end cleanly", i);
+	cr_assert_eq(done + errors, 1, "stream %d: done %d errors %d", i, done, errors);
+	if (done)
+		cr_assert_str_eq(text, ref, "stream %d: content \"%s\" differs from the reference "
+				 "\"%s\"", i, text, ref);
+	else
+		cr_assert_eq(strncmp(text, ref, tl), 0, "stream %d: \"%s\" is not a prefix of "
+			     "\"%s\"", i, text, ref);
+	return done;
+}
+
+/*
+ * Stage `stage` of lane 1 under load: N1 streams are running; the process
+ * is frozen (SIGSTOP) while N2 more are admitted and queue up in front of
+ * or behind it, then SIGKILLed. The supervisor restarts it; the queued
+ * requests must all complete exactly (redelivery, no duplicates), the
+ * running ones complete or end with one error, and the lane serves again.
+ */
+static void kill_under_load(int stage, const char *tag)
+{
+	enum { N1 = 3, N2 = 3, N = N1 + N2 };
+	struct h_conn cs[N];
+	struct tpo_stats st;
+	struct tpo_proc_snapshot p0, p;
+	static char refs[N][8192];
+	char sid[32], hdr[64], prompt[128], body[512], ev[8192];
+	int status, complete = 0;
+
+	h_start(&in, tag, FAST_CFG);
+	in.crashes_ok = 1;
+	h_stats_attach(&in, &st);
+	/* References, fetched concurrently. */
+	for (int i = 0; i < N; i++) {
+		snprintf(prompt, sizeof(prompt), "load %d [[tpo:tps=20]] [[tpo:tokens=12]]", i);
+		h_chat_body(body, sizeof(body), prompt, 0, NULL);
+		h_begin(&cs[i], in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+	}
+	for (int i = 0; i < N; i++)
+		reference(&cs[i], refs[i], sizeof(refs[i]));
+	session_for_lane(1, sid, sizeof(sid));
+	snprintf(hdr, sizeof(hdr), "X-Session-Id: %s\r\n", sid);
+	for (int i = 0; i < N1; i++) {
+		snprintf(prompt, sizeof(prompt), "load %d [[tpo:tps=20]] [[tpo:tokens=12]]", i);
+		h_chat_body(body, sizeof(body), prompt, 1, NULL);
+		h_open(&cs[i], in.port, "POST", "/v1/chat/completions", hdr, body, strlen(body));
+		cr_assert_eq(cs[i].status, 200);
+		cr_assert_eq(h_lane(&cs[i]), 1);
+		cr_assert_eq(h_sse_next(&cs[i], ev, sizeof(ev)), 1);
+		cr_assert(strstr(ev, "\"role\":\"assistant\""), "%s", ev);
+		/* Put the first event back for stream_outcome. */
+		cs[i].ev_pos = 0;
+	}
+	h_proc(&st, stage, 1, &p0);
+	cr_assert_eq(p0.restarts, 0);
+	cr_assert_eq(kill(p0.pid, SIGSTOP), 0);
+	for (int i = N1; i < N; i++) {
+		struct tpo_proc_snapshot s0;
+		uint64_t end = h_now_ms() + H_HANG_MS;
+		snprintf(prompt, sizeof(prompt), "load %d [[tpo:tps=20]] [[tpo:tokens=12]]", i);
+		h_chat_body(body, sizeof(body), prompt, 1, NULL);
+		h_begin(&cs[i], in.port, "POST", "/v1/chat/completions", hdr, body, strlen(body));
+		/* Wait until a front has admitted it. */
+		do {
+			int64_t inflight = 0;
+			for (int l = 0; l < 2; l++) {
+				h_proc(&st, TPO_STAGE_STREAM, l, &s0);
+				inflight += s0.in_flight;
+			}
+			if (inflight >= i + 1)
+				break;
+			h_sleep_ms(2);
+		} while (h_now_ms() < end);
+	}
+	cr_assert_eq(kill(p0.pid, SIGKILL), 0);
+	wait_restarted(&st, stage, 1, p0.pid, &p);
+	cr_assert_eq(p.restarts, 1);
+	cr_assert_eq(p.last_signal, SIGKILL);
+	for (int i = 0; i < N; i++) {
+		if (i >= N1) {
+			cr_assert_eq(h_read_head(&cs[i]), 0, "queued stream %d: no head", i);
+			cr_assert_eq(cs[i].status, 200, "queued stream %d: status %d", i, cs[i].status);
+			cr_assert_eq(h_lane(&cs[i]), 1);
+		}
+		if (stream_outcome(&cs[i], refs[i], i))
+			complete++;
+		else
+			cr_assert_lt(i, N1, "queued stream %d ended with an error", i);
+		h_conn_free(&cs[i]);
+	}
+	cr_assert_geq(complete, N2);
+	cr_log_info("%s: %d of %d streams complete", tag, complete, N);
+	/* `status` shows the restart, and the lane serves again. */
+	{
+		char state[32];
+		unsigned restarts;
+		cr_assert_eq(status_of(tpo_stats_stage_name(stage), 1, state, &restarts), p.pid);
+		cr_assert_str_eq(state, "running");
+		cr_assert_eq(restarts, 1);
+	}
+	wait_ready_lane(1);
+	cr_assert_eq(chat_lane(sid, &status), 1);
+	cr_assert_eq(status, 200);
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
+
+Test(supervisor, killed_rag_under_load)      { kill_under_load(TPO_STAGE_RAG, "krag"); }
+Test(supervisor, killed_assemble_under_load) { kill_under_load(TPO_STAGE_ASSEMBLE, "kasm"); }
+Test(supervisor, killed_infer_under_load)    { kill_under_load(TPO_STAGE_INFER, "kinf"); }
+Test(supervisor, killed_post_under_load)     { kill_under_load(TPO_STAGE_POST, "kpost"); }
+
+Test(supervisor, killed_stream_under_load)
+{
+	enum { N = 6 };
+	struct h_conn cs[N];
+	struct tpo_stats st;
+	struct tpo_proc_snapshot p0, p;
+	char body[512], ev[8192];
+	int broken = 0;
+
+	h_start(&in, "kstr", FAST_CFG);
+	in.crashes_ok = 1;
+	h_stats_attach(&in, &st);
+	for (int i = 0; i < N; i++) {
+		snprintf(body, sizeof(body), "{\"stream\":true,\"messages\":[{\"role\":\"user\","
+			 "\"content\":\"s %d [[tpo:tps=20]] [[tpo:tokens=12]]\"}]}", i);
+		h_open(&cs[i], in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+		cr_assert_eq(cs[i].status, 200);
+		cr_assert_eq(h_sse_next(&cs[i], ev, sizeof(ev)), 1);
+	}
+	h_proc(&st, TPO_STAGE_STREAM, 0, &p0);
+	cr_assert_eq(kill(p0.pid, SIGKILL), 0);
+	wait_restarted(&st, TPO_STAGE_STREAM, 0, p0.pid, &p);
+	/* The killed front's clients see their connection end; the other
+	 * front's complete. Nobody hangs. */
+	for (int i = 0; i < N; i++) {
+		int r, done = 0;
+		while ((r = h_sse_next(&cs[i], ev, sizeof(ev))) == 1)
+			if (!strcmp(ev, "[DONE]"))
+				done = 1;
+		if (r < 0)
+			broken++;
+		else
+			cr_assert(done, "stream %d ended cleanly without [DONE]", i);
+		cr_assert(cs[i].error != EAGAIN && cs[i].error != EWOULDBLOCK, "stream %d hung", i);
+		h_conn_free(&cs[i]);
+	}
+	cr_log_info("%d of %d streams were on the killed front", broken, N);
+	cr_assert(h_ready(in.port));
+	{
+		int status;
+		cr_assert_geq(chat_lane("after", &status), 0);
+		cr_assert_eq(status, 200);
+	}
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
+
+Test(supervisor, stop_times_out_long_stream)
+{
+	struct h_conn c;
+	char body[512];
+	int content, errors, done, status;
+
+	h_start(&in, "dto",
+		"{\"lanes\": 1, \"drain_timeout_ms\": 300,"
+		" \"stages\": {\"infer\": {\"mock\": {\"tokens_per_second\": 0}}}}");
+	h_chat_body(body, sizeof(body), "endless [[tpo:tps=20]] [[tpo:tokens=100000]]", 1, NULL);
+	h_open(&c, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+	cr_assert_eq(c.status, 200);
+	cr_assert_eq(kill(in.pid, SIGTERM), 0);
+	h_drain_stream(&c, &content, &errors, &done);
+	cr_assert_eq(errors, 1, "the cut stream got no error event");
+	cr_assert_not(done);
+	h_conn_free(&c);
+	status = h_wait_exit(in.pid, H_HANG_MS);
+	in.stopped = 1;
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "supervisor: %d", status);
+	cr_assert_not(h_shm_left(in.name));
+	h_check_log(&in);
+	h_unlink_files(&in);
+}
+
+Test(supervisor, killed_supervisor_takes_stages_along)
+{
+	pid_t pids[TPO_NSTAGES * TPO_MAX_LANES];
+	char name[40];
+	int n, status;
+
+	h_start(&in, "orph", FAST_CFG);
+	n = h_stage_pids(&in, pids);
+	cr_assert_eq(n, 10);
+	cr_assert_eq(kill(in.pid, SIGKILL), 0);
+	status = h_wait_exit(in.pid, H_HANG_MS);
+	in.stopped = 1;
+	cr_assert(WIFSIGNALED(status));
+	h_assert_pids_gone(pids, TPO_NSTAGES * TPO_MAX_LANES);
+	/* Its segments are left behind... */
+	cr_assert(h_shm_left(in.name));
+	/* ...and a new start of the same name replaces them. */
+	strcpy(name, in.name);
+	h_unlink_files(&in);
+	h_start(&in, "orph", FAST_CFG);
+	cr_assert_str_eq(in.name, name);
+	cr_assert_geq(chat_lane("x", &status), 0);
+	cr_assert_eq(status, 200);
+	h_stop(&in);
+	cr_assert_not(h_shm_left(name));
+}
+
+Test(supervisor, second_start_same_name_fails)
+{
+	char out[8192], listen[64];
+	char path[4096];
+	int status;
+
+	h_start(&in, "dup", FAST_CFG);
+	snprintf(listen, sizeof(listen), "127.0.0.1:%d", h_free_port());
+	{
+		char *argv[] = { path, "start", "-c", in.cfg, "--name", in.name, "--listen",
+				 listen, NULL };
+		snprintf(path, sizeof(path), "%s/tpo-supervisor", h_build());
+		cr_assert_eq(h_run(argv, out, sizeof(out), H_HANG_MS), 111, "%s", out);
+	}
+	cr_assert(strstr(out, "already running"), "message: %s", out);
+	/* The running instance is unharmed. */
+	cr_assert(h_ready(in.port));
+	cr_assert_geq(chat_lane("dup", &status), 0);
+	cr_assert_eq(status, 200);
+	cr_assert_eq(h_sup(out, sizeof(out), "status", "--name", in.name, NULL, NULL, NULL), 0);
+	cr_assert(strstr(out, "running"), "%s", out);
+	h_stop(&in);
+}
+
+Test(supervisor, bad_config_check_and_start)
+{
+	char out[8192], cfg[128], name[40], path[4096];
+	const char *text =
+		"{\n"
+		"  \"lanes\": 0,\n"
+		"  \"stagse\": {},\n"
+		"  \"admission\": {\"policy\": \"random\"}\n"
+		"}\n";
+
+	snprintf(cfg, sizeof(cfg), "/tmp/tpo-it.bad%d.json", (int)getpid());
+	snprintf(name, sizeof(name), "it%d_bad", (int)getpid());
+	h_write_file(cfg, text);
+	cr_assert_eq(h_sup(out, sizeof(out), "check", "-c", cfg, NULL, NULL, NULL), 78, "%s", out);
+	cr_assert(strstr(out, "lanes: "), "%s", out);
+	cr_assert(strstr(out, " at 2:12"), "%s", out);
+	cr_assert(strstr(out, "stagse: unknown key at 3:3"), "%s", out);
+	cr_assert(strstr(out, "admission.policy: "), "%s", out);
+	cr_assert(strstr(out, " at 4:27"), "%s", out);
+	{
+		char *argv[] = { path, "start", "-c", cfg, "--name", name, NULL };
+		snprintf(path, sizeof(path), "%s/tpo-supervisor", h_build());
+		cr_assert_eq(h_run(argv, out, sizeof(out), H_HANG_MS), 78, "%s", out);
+	}
+	cr_assert(strstr(out, "stagse: unknown key at 3:3"), "%s", out);
+	cr_assert_not(h_shm_left(name));
+	/* Missing file: a configuration error too. */
+	cr_assert_eq(h_sup(out, sizeof(out), "check", "-c", "/nonexistent/tpo.json", NULL, NULL,
+			   NULL), 78, "%s", out);
+	/* A good one passes. */
+	h_write_file(cfg, "{\"lanes\": 1}\n");
+	cr_assert_eq(h_sup(out, sizeof(out), "check", "-c", cfg, NULL, NULL, NULL), 0, "%s", out);
+	unlink(cfg);
+}
+
+Test(supervisor, usage_and_exit_codes)
+{
+	char out[8192];
+
+	cr_assert_eq(h_sup(out, sizeof(out), "--help", NULL, NULL, NULL, NULL, NULL), 0);
+	cr_assert(strstr(out, "usage: tpo-supervisor"), "%s", out);
+	cr_assert_eq(h_sup(out, sizeof(out), "start", "--help", NULL, NULL, NULL, NULL), 0);
+	cr_assert_eq(h_sup(out, sizeof(out), "frobnicate", NULL, NULL, NULL, NULL, NULL), 64);
+	cr_assert(strstr(out, "unknown command"), "%s", out);
+	cr_assert_eq(h_sup(out, sizeof(out), NULL, NULL, NULL, NULL, NULL, NULL), 64);
+	cr_assert_eq(h_sup(out, sizeof(out), "start", "--bogus", NULL, NULL, NULL, NULL), 64);
+	cr_assert_eq(h_sup(out, sizeof(out), "check", NULL, NULL, NULL, NULL, NULL), 64);
+	cr_assert_eq(h_sup(out, sizeof(out), "status", "--name", "bad/name", NULL, NULL, NULL), 64);
+	cr_assert_eq(h_sup(out, sizeof(out), "start", "--listen", "nowhere", "--name", "itnever",
+			   NULL), 64, "%s", out);
+	/* status / stop of an instance that does not exist. */
+	cr_assert_eq(h_sup(out, sizeof(out), "status", "--name", "it-none-such", NULL, NULL, NULL),
+		     111);
+	cr_assert(strstr(out, "not running"), "%s", out);
+	cr_assert_eq(h_sup(out, sizeof(out), "stop", "--name", "it-none-such", NULL, NULL, NULL),
+		     111);
+}
+
+Test(supervisor, stop_drains_in_flight_stream)
+{
+	struct h_conn c;
+	char body[512], text[8192], fin[32], out[4096], path[4096];
+	int64_t usage;
+	pid_t stopper;
+	int status, fd;
+	uint64_t end;
+
+	h_start(&in, "drain",
+		"{\"lanes\": 2, \"drain_timeout_ms\": 20000,"
+		" \"stages\": {\"infer\": {\"mock\": {\"tokens_per_second\": 0}}}}");
+	h_chat_body(body, sizeof(body), "long [[tpo:tps=10]] [[tpo:tokens=30]]", 1, NULL);
+	h_open(&c, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+	cr_assert_eq(c.status, 200);
+	/* tpo-supervisor stop, in the background: it waits for the drain. */
+	snprintf(path, sizeof(path), "%s/tpo-supervisor", h_build());
+	stopper = fork();
+	cr_assert_geq(stopper, 0);
+	if (stopper == 0) {
+		int null = open("/dev/null", O_WRONLY);
+		dup2(null, 1);
+		dup2(null, 2);
+		execl(path, path, "stop", "--name", in.name, (char *)NULL);
+		_exit(127);
+	}
+	/* New connections are refused once the fronts stop accepting. */
+	end = h_now_ms() + H_HANG_MS;
+	while ((fd = h_connect_raw(in.port)) >= 0 && h_now_ms() < end) {
+		close(fd);
+		h_sleep_ms(5);
+	}
+	cr_assert_eq(fd, -ECONNREFUSED, "connections still accepted while draining");
+	/* The stream in flight completes. */
+	cr_assert_eq(h_read_stream(&c, 1, text, sizeof(text), fin, sizeof(fin), &usage), 30);
+	cr_assert_eq(usage, 30);
+	cr_assert_str_eq(fin, "stop");
+	h_conn_free(&c);
+	status = h_wait_exit(stopper, H_HANG_MS * 2);
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "stop failed: %d", status);
+	status = h_wait_exit(in.pid, H_HANG_MS);
+	in.stopped = 1;
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "supervisor: %d", status);
+	cr_assert_not(h_shm_left(in.name));
+	(void)out;
+	h_check_log(&in);
+	h_unlink_files(&in);
+}
+
+Test(supervisor, crash_loop_opens_circuit)
+{
+	struct tpo_stats st;
+	struct tpo_proc_snapshot p;
+	char sid0[32], sid1[32];
+	int kills = 0, status;
+	uint64_t end;
+
+	h_start(&in, "circ",
+		"{\"lanes\": 2, \"restart\": {\"base_ms\": 10, \"cap_ms\": 20, \"jitter_pct\": 0,"
+		" \"max_restarts\": 2, \"window_ms\": 60000, \"open_ms\": 2000, \"stable_ms\": 300},"
+		" \"stages\": {\"infer\": {\"mock\": {\"tokens_per_second\": 0, \"max_tokens\": 4}}}}");
+	in.crashes_ok = 1;
+	h_stats_attach(&in, &st);
+	session_for_lane(0, sid0, sizeof(sid0));
+	session_for_lane(1, sid1, sizeof(sid1));
+	/* Crash lane 1's rag until its circuit opens. */
+	for (;;) {
+		h_proc(&st, TPO_STAGE_RAG, 1, &p);
+		if (p.state == TPO_UNIT_OPEN)
+			break;
+		cr_assert_lt(kills, 6, "circuit still closed after %d crashes", kills);
+		if (p.state == TPO_UNIT_RUNNING && p.pid > 0 && p.child_pid == p.pid) {
+			cr_assert_eq(kill(p.pid, SIGKILL), 0);
+			kills++;
+			end = h_now_ms() + H_HANG_MS;
+			while (!h_pid_gone(p.pid) && h_now_ms() < end)
+				h_sleep_ms(1);
+			/* Wait for the supervisor to see it. */
+			do {
+				struct tpo_proc_snapshot q;
+				h_proc(&st, TPO_STAGE_RAG, 1, &q);
+				if (q.pid != p.pid)
+					break;
+				h_sleep_ms(2);
+			} while (h_now_ms() < end);
+		}
+		h_sleep_ms(5);
+	}
+	cr_assert_eq(kills, 3, "opened after %d crashes (max_restarts 2)", kills);
+	{
+		char state[32];
+		unsigned restarts;
+		status_of("rag", 1, state, &restarts);
+		cr_assert_str_eq(state, "open");
+		cr_assert_eq(restarts, 2);
+	}
+	/* Both sessions are served: lane 1's is routed around. */
+	cr_assert_eq(chat_lane(sid0, &status), 0);
+	cr_assert_eq(status, 200);
+	cr_assert_eq(chat_lane(sid1, &status), 0);
+	cr_assert_eq(status, 200);
+	cr_assert(h_ready(in.port));
+	/* After open_ms a probe runs; it survives and the circuit closes. */
+	end = h_now_ms() + H_HANG_MS;
+	do {
+		h_proc(&st, TPO_STAGE_RAG, 1, &p);
+		if (p.state == TPO_UNIT_RUNNING)
+			break;
+		cr_assert(p.state == TPO_UNIT_OPEN || p.state == TPO_UNIT_HALF_OPEN,
+			  "state %u", p.state);
+		h_sleep_ms(20);
+	} while (h_now_ms() < end);
+	cr_assert_eq(p.state, TPO_UNIT_RUNNING);
+	wait_ready_lane(1);
+	cr_assert_eq(chat_lane(sid1, &status), 1);
+	cr_assert_eq(status, 200);
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
+
+Test(supervisor, listen_address_in_use_fails_front_without_crash_loop)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t len = sizeof(a);
+	struct tpo_stats st;
+	struct tpo_proc_snapshot p;
+	char cfg[256], state[32];
+	unsigned restarts;
+	uint64_t end;
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	/* Someone else holds the port (no SO_REUSEPORT). */
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(listen(fd, 1), 0);
+	cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+	snprintf(cfg, sizeof(cfg), "{\"lanes\": 2, \"restart\": {\"base_ms\": 10, \"cap_ms\": 20}}");
+	h_launch(&in, "busy", cfg, NULL, ntohs(a.sin_port), 0);
+	in.crashes_ok = 1;
+	h_stats_attach(&in, &st);
+	end = h_now_ms() + H_HANG_MS;
+	for (int l = 0; l < 2; l++) {
+		do {
+			h_proc(&st, TPO_STAGE_STREAM, l, &p);
+			if (p.state == TPO_UNIT_FAILED || p.state == TPO_UNIT_OPEN)
+				break;
+			h_sleep_ms(5);
+		} while (h_now_ms() < end);
+		cr_assert_eq(p.state, TPO_UNIT_FAILED, "stream[%d]: state %s", l,
+			     tpo_unit_state_name((int)p.state));
+		cr_assert_eq(p.last_exit_code, 78);
+		cr_assert_eq(p.restarts, 0);
+	}
+	status_of("stream", 0, state, &restarts);
+	cr_assert_str_eq(state, "failed");
+	tpo_stats_close(&st);
+	{
+		static char buf[65536];
+		cr_assert_gt(h_read_file(in.log, buf, sizeof(buf)), 0);
+		cr_assert(strstr(buf, "Address already in use"), "%s", buf);
+	}
+	in.busy_ok = 1;
+	h_stop(&in);
+	close(fd);
+}
