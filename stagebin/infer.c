@@ -264,12 +264,65 @@ static int take_prompt(struct tpo_rec *rec, uint64_t pos)
 	return 0;
 }
 
+/*
+ * Requests cancelled before we took their PROMPT (seen by looking ahead
+ * while every job slot was busy): skipped when their PROMPT comes up.
+ */
+#define PRECANCEL_MAX 256
+static uint64_t precancel[PRECANCEL_MAX];
+static uint32_t nprecancel;
+static uint64_t lookahead_head;
+
+static int precancelled(uint64_t req_id)
+{
+	for (uint32_t i = 0; i < nprecancel; i++)
+		if (precancel[i] == req_id) {
+			precancel[i] = precancel[--nprecancel];
+			return 1;
+		}
+	return 0;
+}
+
+/*
+ * With every job slot busy we stop taking input, but a client that hangs up
+ * must still stop its job (and a queued request must not start): look ahead
+ * of the read cursor for CANCEL records. The CANCEL itself is forwarded when
+ * the cursor reaches it.
+ */
+static void look_ahead(void)
+{
+	struct tpo_ring walk = st.in[0];
+	const struct tpo_rec *rec;
+	uint64_t head = atomic_load_explicit(&walk.shm->head, memory_order_acquire);
+
+	if (head == lookahead_head)
+		return;              /* nothing new since the last look */
+	lookahead_head = head;
+	for (int k = 0; k < 4096 && tpo_ring_peek(&walk, &rec) == 0; k++) {
+		if (rec->type == TPO_MSG_CANCEL) {
+			struct job *j = find_job(rec->req_id);
+			if (j) {
+				end_job(j);
+			} else if (nprecancel < PRECANCEL_MAX) {
+				int seen = 0;
+				for (uint32_t i = 0; i < nprecancel; i++)
+					seen |= precancel[i] == rec->req_id;
+				if (!seen)
+					precancel[nprecancel++] = rec->req_id;
+			}
+		}
+		tpo_ring_advance(&walk, rec);
+	}
+}
+
 static int on_input(void)
 {
 	struct tpo_ring *r = &st.in[0];
 	const struct tpo_rec *rec;
 	int n = 0, err;
 
+	if (active >= njobs)
+		look_ahead();
 	while (active < njobs) {
 		err = tpo_ring_peek(r, &rec);
 		if (err == -EAGAIN)
@@ -279,7 +332,14 @@ static int on_input(void)
 				(unsigned long long)r->pos);
 			return err;
 		}
-		if (rec->type == TPO_MSG_PROMPT) {
+		if (rec->type == TPO_MSG_PROMPT && (precancelled(rec->req_id) ||
+						     find_job(rec->req_id))) {
+			/* Cancelled while queued, or a second delivery of a request
+			 * already running (a stage before us restarted between
+			 * committing and releasing): never start it (again). */
+			if (!(rec->seq & J_DONE))
+				mark_done((struct tpo_rec *)rec);
+		} else if (rec->type == TPO_MSG_PROMPT) {
 			err = take_prompt((struct tpo_rec *)rec, r->pos);
 			if (err < 0)
 				return err;
@@ -288,6 +348,7 @@ static int on_input(void)
 				struct job *j = find_job(rec->req_id);
 				if (j)
 					end_job(j);
+				precancelled(rec->req_id);   /* its PROMPT is behind us */
 			}
 			err = tpo_stage_emit(&st, 0, rec->type, rec->req_id, rec->seq, rec->aux,
 					     tpo_rec_data(rec), rec->len);
