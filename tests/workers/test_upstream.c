@@ -10,12 +10,15 @@
 	"{\"lanes\": 1, \"restart\": {\"base_ms\": 10, \"cap_ms\": 50}," \
 	" \"stages\": {\"infer\": {\"worker\": \"%s\"," \
 	"  \"endpoints\": [{\"url\": \"http://127.0.0.1:%d%s\"%s}]," \
-	"  \"timeouts\": {\"connect_ms\": 1000, \"first_token_ms\": 500, \"idle_ms\": 500," \
+	"  \"timeouts\": {\"connect_ms\": 1000, \"first_token_ms\": %d, \"idle_ms\": %d," \
 	"                \"total_ms\": 20000}," \
 	"  \"retries\": {\"max_attempts\": 2, \"base_ms\": 1, \"cap_ms\": 5}," \
 	"  \"breaker\": {\"failures\": %d, \"open_ms\": 60000}}}}"
 
 static struct h_inst in;
+/* first_token_ms and idle_ms; a test whose point is not a timeout raises
+ * them, so a loaded machine cannot turn its cancel into a timeout. */
+static int tmo_ms = 1500;
 static pid_t srv_pid;
 static int srv_port;
 
@@ -65,7 +68,7 @@ static void start_url(const char *tag, const char *worker, const char *url_tail,
 
 	srv_start();
 	snprintf(cfg, sizeof(cfg), CFG, worker, srv_port, url_tail, ep_more ? ep_more : "",
-		 failures);
+		 tmo_ms, tmo_ms, failures);
 	h_start_ex(&in, tag, cfg, env, 1);
 	h_register(&in);
 }
@@ -298,6 +301,7 @@ Test(upstream, breaker_opens_and_client_disconnect_aborts)
 	struct h_conn c;
 	uint64_t end;
 
+	tmo_ms = 60000;
 	start("ob", "openai", NULL, 2, NULL);
 	h_stats_attach(&in, &st);
 
