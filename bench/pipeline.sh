@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # bench/pipeline.sh BUILD — the pipeline scenarios of `make bench` (issue 7,
-# scenarios 2–6), run against the real supervisor with the mock worker at
-# unlimited speed, each next to a baseline measured in the same run:
+# scenarios 2–6), run against the real supervisor, each next to a baseline
+# measured in the same run:
 #
-#   2 capacity   closed loop, non-streaming and streaming (64 tokens)
-#   3 overhead   open loop at 25/50/75/90 % of tpo's capacity, tpo against
-#                `tpo-bench --serve` (a bare OpenAI-compatible responder: one
-#                HTTP hop, no pipeline), and against the npm mock-llm
-#   4 surge      3x capacity for 10 s between two 50 % phases
+#   2 capacity   closed loop, non-streaming and streaming (64 tokens), mock
+#                worker at unlimited speed, against `tpo-bench --serve` (a bare
+#                OpenAI-compatible responder: one HTTP hop, no pipeline)
+#   3 overhead   the same load straight to an upstream and through tpo
+#                proxying to it (openai worker): the upstream is `--serve`,
+#                then the npm @dwmkerr/mock-llm; tpo's proxied capacity first
+#                (closed loop), then open loop at 25/50/75/90 % of it
+#   4 surge      3x capacity for 10 s between two 50 % phases (mock worker)
 #   5 chaos      SIGKILL a random stage process every second for 30 s
 #   6 memory     RSS per stage process and shm at 1k and 10k open streams
 #
-# Writes bench/results/pipeline.json and pipeline.md (plus SVG plots when
-# gnuplot is there; it is installed with apt-get if missing and possible).
+# Writes bench/results/pipeline.json and pipeline.md (plus SVG plots).
+# Installs what it needs with apt-get when missing and run as root: python3,
+# curl, iproute2 (ss), coreutils (shuf), gnuplot-nox (plots; optional).
 # Knobs: TPO_BENCH_RUNS (3), TPO_BENCH_DURATION (4 s per point),
 # TPO_BENCH_SKIP="mockllm chaos memory ..." (scenarios to skip),
 # TPO_MOCKLLM_DIR (/tmp/tpo-bench-node: where npm installs mock-llm).
@@ -66,8 +70,31 @@ trap 'exit 130' INT TERM
 for f in "$BENCH" "$SUP"; do
 	[ -x "$f" ] || { log "fatal: $f missing: build first (make BUILD=...)"; exit 111; }
 done
-command -v python3 >/dev/null || { log "fatal: python3 is needed for the report"; exit 111; }
-command -v curl >/dev/null || { log "fatal: curl is needed"; exit 111; }
+# Dependencies: installed with apt-get only when missing (and only as root).
+APT_UPDATED=
+apt_install() {  # package...
+	command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] || return 1
+	log "installing $* with apt-get"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >>"$TMP/apt.log" 2>&1 && return 0
+	[ -n "$APT_UPDATED" ] && return 1
+	APT_UPDATED=1
+	DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$TMP/apt.log" 2>&1
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >>"$TMP/apt.log" 2>&1
+}
+need() {  # command package required|optional
+	command -v "$1" >/dev/null && return 0
+	apt_install "$2"
+	command -v "$1" >/dev/null && return 0
+	[ "$3" = optional ] && { log "$1 missing ($2 not installable): going on without it"; return 0; }
+	log "fatal: $1 is needed (package $2; apt-get could not install it)"
+	[ -f "$TMP/apt.log" ] && tail -5 "$TMP/apt.log" >&2
+	exit 111
+}
+need python3 python3 required
+need curl curl required
+need ss iproute2 required
+need shuf coreutils required
+need gnuplot gnuplot-nox optional
 
 free_port() {
 	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -108,20 +135,25 @@ PORT=$(free_port)
 LISTEN=127.0.0.1:$PORT
 URL=http://$LISTEN/v1/chat/completions
 
-# config KIND: cap (admission limits high), surge (default admission),
-# chaos (cap + fast restarts, no circuit), mem (cap + 10000 infer jobs)
+# config KIND [UPSTREAM]: cap (admission limits high), surge (default
+# admission), chaos (cap + fast restarts, no circuit), mem (cap + 10000 infer
+# jobs), proxy (cap with the openai worker in front of UPSTREAM, a base URL)
 config() {
-	local kind=$1 adm restart='{}' inflight=256
+	local kind=$1 adm restart='{}' inflight=256 worker
 	adm='{"max_inflight_per_lane":1000000,"max_connections":100000,"request_timeout_ms":60000,"idle_timeout_ms":600000}'
 	[ "$kind" = surge ] && adm='{"policy":"reject_new","request_timeout_ms":10000}'
 	[ "$kind" = chaos ] && restart='{"base_ms":10,"cap_ms":200,"max_restarts":63,"window_ms":1000,"stable_ms":1000}'
 	# infer scans all max_inflight job slots per loop: only mem needs many
 	[ "$kind" = mem ] && inflight=10000
+	worker='"worker":"mock","mock":{"tokens_per_second":0,"max_tokens":64,"seed":1}'
+	# proxy: default retries and breaker; transfers are never the limit
+	[ "$kind" = proxy ] && { inflight=1024; worker='"worker":"openai","endpoints":[{"url":"'$2'"}],
+   "timeouts":{"connect_ms":2000,"first_token_ms":10000,"idle_ms":10000,"total_ms":60000}'; }
 	cat > "$TMP/$kind.json" <<EOF
 {"name":"$NAME","listen":"$LISTEN","log_level":"warning",
  "admission":$adm,"restart":$restart,
- "stages":{"infer":{"worker":"mock","max_inflight":$inflight,
-   "mock":{"tokens_per_second":0,"max_tokens":64,"seed":1}}}}
+ "stages":{"infer":{"max_inflight":$inflight,
+   $worker}}}
 EOF
 	echo "$TMP/$kind.json"
 }
@@ -221,29 +253,57 @@ CAP_PLAIN=$(median 'd["total"]["ok_per_s"]' "$R"/cap.tpo.plain.*.json)
 CAP_STREAM=$(median 'd["total"]["ok_per_s"]' "$R"/cap.tpo.stream.*.json)
 log "capacity: tpo $CAP_PLAIN req/s non-streaming, $CAP_STREAM req/s streaming (medians)"
 
-# ---- 3 overhead against the bare baseline ----
-if ! skipped overhead; then
+stop_tpo
+
+# ---- 3 overhead: straight to an upstream, and through tpo proxying to it ----
+# overhead UP UPBASE CONC_PLAIN CONC_STREAM CAPRUNS PCTS [tpo-bench args...]:
+# tpo (openai worker, endpoint UPBASE) measured closed loop (CAPRUNS runs per
+# mode, median), then open loop at PCTS % of that proxied capacity, tpo and
+# the upstream alternating, $RUNS runs at 50 and 90 %, one at other loads.
+# The upstream's own closed-loop capacity is ovhcap.UP.KIND.direct.*.json.
+overhead() {
+	local up=$1 ubase=$2 cplain=$3 cstream=$4 capruns=$5 pcts=$6 kind conc cap
+	local rate pct n run tgt u extra
+	shift 6
+	start_tpo "$(config proxy "$ubase")" || return 1
 	for kind in plain stream; do
-		cap=$CAP_PLAIN; extra=()
-		[ $kind = stream ] && { cap=$CAP_STREAM; extra=(--stream); }
-		for pct in 25 50 75 90; do
+		conc=$cplain; extra=("$@")
+		[ $kind = stream ] && { conc=$cstream; extra+=(--stream); }
+		log "overhead/$up: proxied capacity, $kind, $capruns run(s) x ${DUR}s, $conc connections"
+		for run in $(seq "$capruns"); do
+			bench "$R/ovhcap.$up.$kind.tpo.$run.json" --url "$URL" --mode closed \
+				--concurrency "$conc" --duration "$DUR" --warmup 1 --timeout-ms 10000 "${extra[@]}"
+		done
+		cap=$(median 'd.get("total", {}).get("ok_per_s", 0)' "$R"/ovhcap."$up".$kind.tpo.*.json)
+		log "overhead/$up: proxied capacity $kind $cap req/s"
+		for pct in $pcts; do
 			rate=$(python3 -c "print(max(1, int($cap * $pct / 100)))")
 			n=1; case $pct in 50|90) n=$RUNS ;; esac
-			log "overhead: $kind at $pct % = $rate req/s, $n run(s)"
+			log "overhead/$up: $kind at $pct % = $rate req/s, $n run(s)"
 			for run in $(seq $n); do
-				for tgt in tpo base; do
-					u=$URL; [ $tgt = base ] && u=$SURL
-					bench "$R/ovh.$kind.$pct.$tgt.$run.json" --url "$u" --mode open \
-						--rate "$rate" --duration "$DUR" --warmup 1 --max-tokens 64 \
-						--timeout-ms 10000 "${extra[@]}"
+				for tgt in tpo direct; do
+					u=$URL; [ $tgt = direct ] && u=$ubase/v1/chat/completions
+					bench "$R/ovh.$up.$kind.$pct.$tgt.$run.json" --url "$u" --mode open \
+						--rate "$rate" --duration "$DUR" --warmup 1 --timeout-ms 10000 \
+						--max-conns 10000 "${extra[@]}"
 				done
 			done
 		done
 	done
-fi
-stop_tpo
+	stop_tpo
+}
 
-# ---- 3b against the npm mock-llm (a real, if slow, OpenAI-compatible upstream) ----
+if ! skipped overhead; then
+	# --serve's own capacity at the same concurrency is scenario 2's base
+	for f in "$R"/cap.base.*.json; do
+		g=${f##*/cap.base.}
+		cp "$f" "$R/ovhcap.serve.${g%%.*}.direct.${g#*.}"
+	done
+	overhead serve "http://127.0.0.1:$SPORT" 128 64 "$RUNS" "25 50 75 90" --max-tokens 64 ||
+		exit 111
+fi
+
+# ---- 3b the same with the npm mock-llm as the upstream ----
 if ! skipped mockllm; then
 	ML=$MOCKLLM_DIR/node_modules/@dwmkerr/mock-llm/dist/main.js
 	if [ ! -f "$ML" ] && command -v npm >/dev/null; then
@@ -254,39 +314,44 @@ if ! skipped mockllm; then
 	fi
 	if [ -f "$ML" ] && command -v node >/dev/null; then
 		MPORT=$(free_port)
-		printf 'streaming:\n  chunkSize: 5\n  chunkIntervalMs: 0\n' > "$TMP/mockllm.yaml"
+		# one fixed answer: 320 characters, streamed as 64 chunks of 5 (at
+		# least 1 ms apart: mock-llm uses setInterval); without a rule it
+		# echoes the prompt into its JSON template, which tpo's templated
+		# prompt (with newlines) breaks
+		C=$(python3 -c 'print(("tpo " * 80)[:320])')
+		cat > "$TMP/mockllm.yaml" <<EOF
+streaming:
+  chunkSize: 5
+  chunkIntervalMs: 0
+rules:
+  - path: "/v1/chat/completions"
+    method: "POST"
+    match: "@"
+    response:
+      status: 200
+      content: |
+        {"id": "chatcmpl-1", "object": "chat.completion", "model": "tpo-mock",
+         "choices": [{"index": 0, "message": {"role": "assistant", "content": "$C"},
+           "finish_reason": "length"}],
+         "usage": {"prompt_tokens": 3, "completion_tokens": 64, "total_tokens": 67}}
+EOF
 		HOST=127.0.0.1 PORT=$MPORT node "$ML" --config "$TMP/mockllm.yaml" >"$TMP/mockllm.log" 2>&1 &
 		MOCK_PID=$!
-		MURL=http://127.0.0.1:$MPORT/v1/chat/completions
+		MBASE=http://127.0.0.1:$MPORT
 		for i in $(seq 100); do
-			curl -s -o /dev/null "http://127.0.0.1:$MPORT/health" && break
+			curl -s -o /dev/null "$MBASE/health" && break
 			sleep 0.1
 		done
-		# mock-llm echoes the prompt in 5-character chunks: 320 characters, 64 chunks
-		P=$(python3 -c 'print(("tpo " * 80)[:320])')
-		bench "$R/ml.cap.json" --url "$MURL" --mode closed --concurrency 32 --duration 3 \
-			--warmup 1 --prompt "$P" --timeout-ms 10000
-		MCAP=$(median 'd["total"]["ok_per_s"]' "$R/ml.cap.json")
-		log "mock-llm: capacity $MCAP req/s"
-		start_tpo "$(config cap)" || exit 111
-		for pct in 50 90; do
-			rate=$(python3 -c "print(max(1, int($MCAP * $pct / 100)))")
-			for tgt in tpo ml; do
-				u=$URL; [ $tgt = ml ] && u=$MURL
-				bench "$R/ml.plain.$pct.$tgt.json" --url "$u" --mode open --rate "$rate" \
-					--duration "$DUR" --warmup 1 --prompt "$P" --timeout-ms 10000
-			done
+		for kind in plain stream; do
+			extra=(); [ $kind = stream ] && extra=(--stream)
+			bench "$R/ovhcap.ml.$kind.direct.1.json" --url "$MBASE/v1/chat/completions" \
+				--mode closed --concurrency 32 --duration "$DUR" --warmup 1 --timeout-ms 10000 \
+				"${extra[@]}"
 		done
-		rate=$(python3 -c "print(max(1, int($MCAP * 0.5)))")
-		for tgt in tpo ml; do
-			u=$URL; [ $tgt = ml ] && u=$MURL
-			bench "$R/ml.stream.50.$tgt.json" --url "$u" --mode open --rate "$rate" \
-				--duration "$DUR" --warmup 1 --prompt "$P" --stream --timeout-ms 10000
-		done
-		stop_tpo
+		overhead ml "$MBASE" 32 32 1 "50 90" || exit 111
 		stop_pid "$MOCK_PID"; MOCK_PID=
 	else
-		log "mock-llm: not available (npm/node missing or install failed): --serve is the only baseline"
+		log "mock-llm: not available (npm/node missing or install failed): --serve is the only upstream"
 		echo '{"skipped":"mock-llm not installable"}' > "$R/ml.skip.json"
 	fi
 fi
@@ -365,11 +430,6 @@ stop_pid "$SERVE_PID"; SERVE_PID=
 echo $(( $(date +%s) - T_START )) > "$R/elapsed.txt"
 
 # ---- the report ----
-if ! command -v gnuplot >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-	log "installing gnuplot-nox for the plots"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q gnuplot-nox >>"$TMP/apt.log" 2>&1 ||
-		log "gnuplot install failed: tables only"
-fi
 python3 - "$R" "$RES" "$RUNS" "$DUR" <<'EOF' || exit 1
 import glob, json, os, shutil, statistics, subprocess, sys
 R, RES, RUNS, DUR = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
@@ -422,9 +482,11 @@ md.append(f"Machine: {machine.get('cpu')} — {machine.get('cores')} vCPUs ({mac
           "The load generator (`tpo-bench`, one thread) runs on the same two cores as every tpo process, "
           "and the machine may be shared with other work: read ratios rather than absolutes. "
           f"Medians of {RUNS} runs of {DUR:g} s (after 1 s of warm-up) where marked.\n")
-md.append("Baseline `base` is `tpo-bench --serve`: a bare single-threaded OpenAI-compatible responder "
-          "that answers at once with the same number of tokens, so `tpo - base` is what the five stages "
-          "add to one HTTP hop. The mock worker runs at unlimited speed (tokens_per_second 0).\n")
+md.append("Scenarios 2, 4, 5 and 6 run tpo with its mock worker at unlimited speed (tokens_per_second 0); "
+          "scenario 2's baseline `base` is `tpo-bench --serve`, a bare single-threaded OpenAI-compatible responder "
+          "that answers at once with the same number of tokens, so `tpo - base` is what the five stages add to one "
+          "HTTP hop. Scenario 3 puts tpo in front of an upstream (the openai worker) and compares it with the "
+          "same load sent straight to that upstream.\n")
 
 # ---- capacity
 cap = {}
@@ -451,83 +513,102 @@ for kind, label in (("plain", "non-streaming"), ("stream", "streaming")):
     md.append(f"| {label}: failed answers; client CPU % of wall | {t['errors']}; {fmt(t['client_cpu_share'])} % | {b['errors']}; {fmt(b['client_cpu_share'])} % | |")
 md.append("")
 
-# ---- overhead
-ovh = {}
-for kind in ("plain", "stream"):
-    for pct in (25, 50, 75, 90):
-        row = {}
-        for tgt in ("tpo", "base"):
-            fs = [load(f) for f in files(f"ovh.{kind}.{pct}.{tgt}.*.json")]
-            if not fs:
-                continue
-            row[tgt] = {
-                "offered": g(fs[0], "total", "offered_rate"),
-                "ok_per_s": r1(med([g(d, "total", "ok_per_s") for d in fs])),
-                "not_ok": sum((g(d, "total", "sent") or 0) - (g(d, "total", "ok") or 0) for d in fs),
-            }
-            for h in ("e2e_ok", "ttft"):
-                for q in ("p50", "p90", "p99", "p999"):
-                    row[tgt][f"{h}_{q}"] = r1(med([lat(d, h, q) for d in fs]))
-        if "tpo" in row and "base" in row:
-            t, b = row["tpo"], row["base"]
-            row["added_e2e_p50_us"] = r1(t["e2e_ok_p50"] - b["e2e_ok_p50"]) if t["e2e_ok_p50"] is not None and b["e2e_ok_p50"] is not None else None
-            row["added_e2e_p99_us"] = r1(t["e2e_ok_p99"] - b["e2e_ok_p99"]) if t["e2e_ok_p99"] is not None and b["e2e_ok_p99"] is not None else None
-            if kind == "stream" and t["ttft_p50"] is not None and b["ttft_p50"] is not None:
-                row["added_ttft_p50_us"] = r1(t["ttft_p50"] - b["ttft_p50"])
-                row["added_ttft_p99_us"] = r1(t["ttft_p99"] - b["ttft_p99"])
-            row["throughput_ratio"] = ratio(t["ok_per_s"], b["ok_per_s"])
-        if row:
-            ovh[f"{kind}.{pct}"] = row
-out["overhead"] = ovh
-if ovh:
-    md.append("## 3. Overhead against the bare baseline (open loop, latency from the scheduled send)\n")
-    md.append("| load | offered req/s | tpo p50 / p99 µs | base p50 / p99 µs | added p50 / p99 µs | ratio p50 / p99 | ok/s tpo / base | not ok tpo / base |\n|---|---|---|---|---|---|---|---|")
+# ---- overhead: straight to an upstream and through tpo proxying to it
+def cap_row(fs):
+    return {"runs": len(fs),
+            "req_per_s_runs": [r1(g(d, "total", "ok_per_s")) for d in fs],
+            "req_per_s": r1(med([g(d, "total", "ok_per_s") for d in fs])),
+            "p50_us": r1(med([lat(d, "e2e_ok", "p50") for d in fs])),
+            "p99_us": r1(med([lat(d, "e2e_ok", "p99") for d in fs])),
+            "ttft_p50_us": r1(med([lat(d, "ttft", "p50") for d in fs])),
+            "errors": sum((g(d, "total", "sent") or 0) - (g(d, "total", "ok") or 0) for d in fs)}
+def sub(a, b):
+    return r1(a - b) if a is not None and b is not None else None
+UPS = (("serve", "`tpo-bench --serve`", "the bare single-threaded responder of scenario 2 (answers at once)"),
+       ("ml", "@dwmkerr/mock-llm (npm, Node.js)",
+        "one fixed 320-character answer, streamed as 64 chunks of 5 that mock-llm paces with setInterval "
+        "(≥ 1 ms apart, so a streamed answer takes ~100 ms whoever asks)"))
+ovh_all = {}
+for up, upname, updesc in UPS:
+    caps = {}
+    for kind in ("plain", "stream"):
+        for tgt in ("tpo", "direct"):
+            fs = [load(f) for f in files(f"ovhcap.{up}.{kind}.{tgt}.*.json")]
+            if fs:
+                caps[f"{kind}.{tgt}"] = cap_row(fs)
+        if f"{kind}.tpo" in caps and f"{kind}.direct" in caps:
+            caps[f"{kind}.ratio"] = ratio(caps[f"{kind}.tpo"]["req_per_s"], caps[f"{kind}.direct"]["req_per_s"])
+    rows = {}
     for kind in ("plain", "stream"):
         for pct in (25, 50, 75, 90):
-            r = ovh.get(f"{kind}.{pct}")
-            if not r or "tpo" not in r or "base" not in r:
+            row = {}
+            for tgt in ("tpo", "direct"):
+                fs = [load(f) for f in files(f"ovh.{up}.{kind}.{pct}.{tgt}.*.json")]
+                if not fs:
+                    continue
+                row[tgt] = {"runs": len(fs), "offered": g(fs[0], "total", "offered_rate"),
+                            "ok_per_s": r1(med([g(d, "total", "ok_per_s") for d in fs])),
+                            "not_ok": sum((g(d, "total", "sent") or 0) - (g(d, "total", "ok") or 0) for d in fs)}
+                for h in ("e2e_ok", "ttft"):
+                    for q in ("p50", "p90", "p99", "p999"):
+                        row[tgt][f"{h}_{q}"] = r1(med([lat(d, h, q) for d in fs]))
+            if "tpo" in row and "direct" in row:
+                t, d_ = row["tpo"], row["direct"]
+                row["added_e2e_p50_us"] = sub(t["e2e_ok_p50"], d_["e2e_ok_p50"])
+                row["added_e2e_p99_us"] = sub(t["e2e_ok_p99"], d_["e2e_ok_p99"])
+                if kind == "stream":
+                    row["added_ttft_p50_us"] = sub(t["ttft_p50"], d_["ttft_p50"])
+                    row["added_ttft_p99_us"] = sub(t["ttft_p99"], d_["ttft_p99"])
+                row["throughput_ratio"] = ratio(t["ok_per_s"], d_["ok_per_s"])
+            if row:
+                rows[f"{kind}.{pct}"] = row
+    if caps or rows:
+        ovh_all[up] = {"upstream": upname, "capacity": caps, "loads": rows}
+out["overhead"] = ovh_all
+ovh = g(ovh_all, "serve", "loads") or {}
+if ovh_all:
+    md.append("## 3. Overhead: the same load straight to an upstream and through tpo proxying to it\n")
+    md.append("tpo runs the `openai` worker with the upstream as its only endpoint (all five stages, one more HTTP hop "
+              "over libcurl); `direct` is the same tpo-bench load sent straight to the upstream; added = tpo − direct. "
+              "tpo's proxied capacity is measured first (closed loop), and the open-loop loads are percentages of it, "
+              "sent to both. Everything (load generator, upstream, ten tpo processes) shares the two cores.\n")
+for n, (up, upname, updesc) in enumerate(UPS):
+    o = ovh_all.get(up)
+    if not o:
+        if up == "ml" and files("ml.skip.json"):
+            md.append("### 3b. Upstream @dwmkerr/mock-llm\n\nnot run: npm could not install @dwmkerr/mock-llm.\n")
+        continue
+    caps, rows = o["capacity"], o["loads"]
+    md.append(f"### 3{'ab'[n]}. Upstream {upname}\n")
+    md.append(f"The upstream: {updesc}.\n")
+    md.append("| closed loop | through tpo req/s (runs) | direct req/s (runs) | ratio | through tpo p50 / p99 µs | direct p50 / p99 µs | failed tpo / direct |\n|---|---|---|---|---|---|---|")
+    for kind, label in (("plain", "non-streaming"), ("stream", "streaming")):
+        t, d_ = caps.get(f"{kind}.tpo"), caps.get(f"{kind}.direct")
+        if not t or not d_:
+            continue
+        conc = {"serve": {"plain": 128, "stream": 64}}.get(up, {}).get(kind, 32)
+        md.append(f"| {label}, {conc} connections | {fmt(t['req_per_s'])} ({', '.join(fmt(x) for x in t['req_per_s_runs'])}) | "
+                  f"{fmt(d_['req_per_s'])} ({', '.join(fmt(x) for x in d_['req_per_s_runs'])}) | {caps.get(kind + '.ratio')} | "
+                  f"{fmt(t['p50_us'])} / {fmt(t['p99_us'])} | {fmt(d_['p50_us'])} / {fmt(d_['p99_us'])} | {t['errors']} / {d_['errors']} |")
+    md.append("")
+    md.append("Open loop, latency from the scheduled send:\n")
+    md.append("| load (of proxied capacity) | offered req/s | through tpo p50 / p99 µs | direct p50 / p99 µs | added p50 / p99 µs | ok/s tpo / direct | not ok tpo / direct |\n|---|---|---|---|---|---|---|")
+    for kind in ("plain", "stream"):
+        for pct in (25, 50, 75, 90):
+            r = rows.get(f"{kind}.{pct}")
+            if not r or "tpo" not in r or "direct" not in r:
                 continue
-            t, b = r["tpo"], r["base"]
-            md.append(f"| {'non-streaming' if kind == 'plain' else 'streaming'} {pct} %{' (' + str(RUNS) + ' runs)' if pct in (50, 90) else ''} | {fmt(t['offered'])} | {fmt(t['e2e_ok_p50'])} / {fmt(t['e2e_ok_p99'])} | {fmt(b['e2e_ok_p50'])} / {fmt(b['e2e_ok_p99'])} | {fmt(r.get('added_e2e_p50_us'))} / {fmt(r.get('added_e2e_p99_us'))} | {ratio(t['e2e_ok_p50'], b['e2e_ok_p50'])} / {ratio(t['e2e_ok_p99'], b['e2e_ok_p99'])} | {r.get('throughput_ratio')} | {t['not_ok']} / {b['not_ok']} |")
+            t, d_ = r["tpo"], r["direct"]
+            md.append(f"| {'non-streaming' if kind == 'plain' else 'streaming'} {pct} %{' (' + str(t['runs']) + ' runs)' if t['runs'] > 1 else ''} | {fmt(t['offered'])} | {fmt(t['e2e_ok_p50'])} / {fmt(t['e2e_ok_p99'])} | {fmt(d_['e2e_ok_p50'])} / {fmt(d_['e2e_ok_p99'])} | {fmt(r.get('added_e2e_p50_us'))} / {fmt(r.get('added_e2e_p99_us'))} | {r.get('throughput_ratio')} | {t['not_ok']} / {d_['not_ok']} |")
     md.append("")
     md.append("Time to first token (streaming):\n")
-    md.append("| load | tpo p50 / p99 µs | base p50 / p99 µs | added p50 / p99 µs |\n|---|---|---|---|")
+    md.append("| load | through tpo p50 / p99 µs | direct p50 / p99 µs | added p50 / p99 µs |\n|---|---|---|---|")
     for pct in (25, 50, 75, 90):
-        r = ovh.get(f"stream.{pct}")
-        if not r or "tpo" not in r or "base" not in r:
+        r = rows.get(f"stream.{pct}")
+        if not r or "tpo" not in r or "direct" not in r:
             continue
-        md.append(f"| {pct} % | {fmt(r['tpo']['ttft_p50'])} / {fmt(r['tpo']['ttft_p99'])} | {fmt(r['base']['ttft_p50'])} / {fmt(r['base']['ttft_p99'])} | {fmt(r.get('added_ttft_p50_us'))} / {fmt(r.get('added_ttft_p99_us'))} |")
+        md.append(f"| {pct} % | {fmt(r['tpo']['ttft_p50'])} / {fmt(r['tpo']['ttft_p99'])} | {fmt(r['direct']['ttft_p50'])} / {fmt(r['direct']['ttft_p99'])} | {fmt(r.get('added_ttft_p50_us'))} / {fmt(r.get('added_ttft_p99_us'))} |")
     md.append("")
-
-# ---- mock-llm
-ml = {}
-if files("ml.cap.json"):
-    ml["mockllm_capacity_req_per_s"] = r1(g(load(os.path.join(R, "ml.cap.json")), "total", "ok_per_s"))
-    for key in ("plain.50", "plain.90", "stream.50"):
-        row = {}
-        for tgt in ("tpo", "ml"):
-            d = load(os.path.join(R, f"ml.{key}.{tgt}.json"))
-            row[tgt] = {"offered": g(d, "total", "offered_rate"), "ok_per_s": r1(g(d, "total", "ok_per_s")),
-                        "not_ok": (g(d, "total", "sent") or 0) - (g(d, "total", "ok") or 0),
-                        "p50": r1(lat(d, "e2e_ok", "p50")), "p99": r1(lat(d, "e2e_ok", "p99")),
-                        "ttft_p50": r1(lat(d, "ttft", "p50")), "ttft_p99": r1(lat(d, "ttft", "p99"))}
-        ml[key] = row
-    out["mockllm"] = ml
-    md.append("## 3b. Side by side with the npm mock-llm (@dwmkerr/mock-llm, Node.js)\n")
-    md.append(f"mock-llm's own capacity here: {fmt(ml['mockllm_capacity_req_per_s'])} req/s (closed loop, 32 connections), "
-              "so the loads are 50 % and 90 % of *its* capacity. tpo cannot proxy to it yet (the infer stage builds only the "
-              "mock worker), so this compares tpo's full pipeline with its built-in mock against a bare mock server, same "
-              "request, same offered load. mock-llm streams its 64 chunks with setInterval (≥ 1 ms apart), so only TTFT is "
-              "comparable when streaming.\n")
-    md.append("| load | offered req/s | tpo p50 / p99 µs | mock-llm p50 / p99 µs | ratio p50 / p99 | not ok tpo / mock-llm |\n|---|---|---|---|---|---|")
-    for key in ("plain.50", "plain.90", "stream.50"):
-        t, m = ml[key]["tpo"], ml[key]["ml"]
-        a, b = ("p50", "p99") if key.startswith("plain") else ("ttft_p50", "ttft_p99")
-        lbl = ("non-streaming " if key.startswith("plain") else "streaming TTFT ") + key.split(".")[1]
-        md.append(f"| {lbl} % | {fmt(t['offered'])} | {fmt(t[a])} / {fmt(t[b])} | {fmt(m[a])} / {fmt(m[b])} | {ratio(t[a], m[a])} / {ratio(t[b], m[b])} | {t['not_ok']} / {m['not_ok']} |")
-    md.append("")
-elif files("ml.skip.json"):
-    md.append("## 3b. mock-llm\n\nnot run: npm could not install @dwmkerr/mock-llm; the `--serve` baseline stands in.\n")
 
 # ---- surge
 d = load(os.path.join(R, "surge.tpo.json"))
@@ -661,14 +742,17 @@ def target(name, val, limit, higher, unit):
     ok = None if val is None else (val >= limit if higher else val <= limit)
     miss = None
     if ok is False:
-        miss = f"{abs(val - limit):,.1f} {unit} ({abs(val / limit - 1) * 100:.0f} %) {'short' if higher else 'over'}"
+        pc = f" ({abs(val / limit - 1) * 100:.0f} %)" if limit else ""
+        miss = f"{abs(val - limit):,.1f} {unit}{pc} {'short' if higher else 'over'}"
     tg.append({"target": name, "measured": val, "limit": limit, "met": ok, "miss": miss, "unit": unit})
 target("non-streaming req/s", g(cap, "tpo.plain", "req_per_s"), 20000, True, "req/s")
 target("streamed tokens/s", g(cap, "tpo.stream", "tokens_per_s"), 300000, True, "tokens/s")
-target("added latency p50 at half load", g(ovh, "plain.50", "added_e2e_p50_us"), 100, False, "µs")
-target("added latency p99 at half load", g(ovh, "plain.50", "added_e2e_p99_us"), 1000, False, "µs")
-target("TTFT added (p50, half load)", g(ovh, "stream.50", "added_ttft_p50_us"), 200, False, "µs")
+target("added latency p50 at half load (proxying --serve)", g(ovh, "plain.50", "added_e2e_p50_us"), 100, False, "µs")
+target("added latency p99 at half load (proxying --serve)", g(ovh, "plain.50", "added_e2e_p99_us"), 1000, False, "µs")
+target("TTFT added (p50, half load, proxying --serve)", g(ovh, "stream.50", "added_ttft_p50_us"), 200, False, "µs")
 target("shed answers p99 under surge", g(out, "surge", "phases", 1, "shed_p99_us"), 1000, False, "µs")
+lost = [p.get("lost") for p in (g(out, "chaos", "phases") or []) if p.get("lost") is not None]
+target("requests lost under chaos", sum(lost) if lost else None, 0, False, "requests")
 rss = [e["vmrss_kib_max"] for k in mem for e in mem[k]["stages"].values()]
 target("RSS per stage process (largest seen)", max(rss) / 1024 if rss else None, 8, False, "MiB")
 out["targets"] = tg
@@ -683,9 +767,9 @@ if shutil.which("gnuplot") and ovh:
         with open(p, "w") as f:
             for pct in (25, 50, 75, 90):
                 r = ovh.get(f"{kind}.{pct}")
-                if not r or "tpo" not in r or "base" not in r:
+                if not r or "tpo" not in r or "direct" not in r:
                     continue
-                t, b = r["tpo"], r["base"]
+                t, b = r["tpo"], r["direct"]
                 f.write(f"{t['offered']} {t[h + '_p50']} {t[h + '_p99']} {b[h + '_p50']} {b[h + '_p99']}\n")
         return p
     plots = []
@@ -695,13 +779,13 @@ if shutil.which("gnuplot") and ovh:
         p = dat(kind, h)
         script = f"""set terminal svg size 720,420 dynamic background rgb 'white'
 set output '{os.path.join(RES, fn)}'
-set title '{title}: latency against offered load'
-set xlabel 'offered load, requests/s'
+set title '{title}: straight to --serve and through tpo proxying to it'
+set xlabel 'offered load, requests/s (25/50/75/90 % of proxied capacity)'
 set ylabel 'latency, µs'
 set logscale y
 set key top left
 set grid
-plot '{p}' u 1:2 w lp t 'tpo p50', '' u 1:3 w lp t 'tpo p99', '' u 1:4 w lp dt 2 t 'base p50', '' u 1:5 w lp dt 2 t 'base p99'
+plot '{p}' u 1:2 w lp t 'through tpo p50', '' u 1:3 w lp t 'through tpo p99', '' u 1:4 w lp dt 2 t 'direct p50', '' u 1:5 w lp dt 2 t 'direct p99'
 """
         if subprocess.run(["gnuplot"], input=script, text=True).returncode == 0:
             plots.append(fn)

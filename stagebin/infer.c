@@ -133,8 +133,8 @@ static void sink_done(struct tpo_job *w, int finish)
 	struct job *j = (struct job *)w;
 	struct tpo_msg_end e = {
 		.finish = (uint32_t)finish,
-		.prompt_tokens = j->prompt_tokens,
-		.completion_tokens = j->seq,
+		.prompt_tokens = j->w.usage_prompt ? j->w.usage_prompt : j->prompt_tokens,
+		.completion_tokens = j->w.usage_completion ? j->w.usage_completion : j->seq,
 		.infer_start_ns = j->start_ns,
 		.first_token_ns = j->first_ns,
 	};

@@ -154,8 +154,13 @@ static int finish(struct tpo_stage *st, struct req *r, uint32_t finish_reason,
 	if (in_end)
 		e = *in_end;
 	e.finish = r->stop.done ? TPO_FINISH_STOP : finish_reason;
-	e.prompt_tokens = r->prompt_tokens;
+	/* The upstream's own counts when it reported them (a whole answer is
+	 * one TOKEN record), else the prompt estimate and our token count. A
+	 * stop sequence ends the answer early: then only our count is right. */
+	e.prompt_tokens = in_end && in_end->prompt_tokens ? in_end->prompt_tokens : r->prompt_tokens;
 	e.completion_tokens = r->tokens;
+	if (in_end && !r->stop.done && in_end->completion_tokens > r->tokens)
+		e.completion_tokens = in_end->completion_tokens;
 	r->done = 1;
 	tpo_stats_count_out(&st->stats, st->stage, st->lane, 1);
 	return tpo_stage_emit(st, tpo_stage_out_for(st, r->origin), TPO_MSG_END, r->id,

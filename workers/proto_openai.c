@@ -85,9 +85,19 @@ static int oa_object(struct tpo_up_call *c, const char *js, size_t len)
 		}
 	}
 	if (!err) {
+		int64_t pt = 0, ct = 0;
+		int i;
 		n = tpo_up_json_str(c, js, t, nt, "choices.0.finish_reason", &s);
 		if (n > 0)
 			tpo_up_finish_hint(c, tpo_up_finish_of(s));
+		/* usage: in a whole answer, or the last chunk of a stream. */
+		if ((i = tpo_json_find(js, t, nt, 0, "usage.prompt_tokens")) >= 0)
+			tpo_json_get_int64(js, &t[i], &pt);
+		if ((i = tpo_json_find(js, t, nt, 0, "usage.completion_tokens")) >= 0)
+			tpo_json_get_int64(js, &t[i], &ct);
+		if (pt > 0 || ct > 0)
+			tpo_up_usage(c, pt > 0 && pt < UINT32_MAX ? (uint32_t)pt : 0,
+				     ct > 0 && ct < UINT32_MAX ? (uint32_t)ct : 0);
 	}
 	free(t);
 	return err;

@@ -306,6 +306,14 @@ void tpo_up_end(struct tpo_up_call *c, int finish)
 	c->job->wake_ns = 1;      /* poll() finishes it outside curl's callbacks */
 }
 
+void tpo_up_usage(struct tpo_up_call *c, uint32_t prompt, uint32_t completion)
+{
+	if (prompt)
+		c->job->usage_prompt = prompt;
+	if (completion)
+		c->job->usage_completion = completion;
+}
+
 void tpo_up_finish_hint(struct tpo_up_call *c, int finish)
 {
 	c->finish_hint = finish;

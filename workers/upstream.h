@@ -93,6 +93,9 @@ int tpo_up_error(struct tpo_up_call *c, int status, const char *fmt, ...)
 int tpo_up_json_str(struct tpo_up_call *c, const char *js, const jsmntok_t *toks,
 		    int ntoks, const char *path, const char **out);
 
+/* Token counts the upstream reported (a usage object); 0 leaves one alone. */
+void tpo_up_usage(struct tpo_up_call *c, uint32_t prompt, uint32_t completion);
+
 /* A finish_reason / stop_reason word into enum tpo_finish. */
 int tpo_up_finish_of(const char *reason);
 

@@ -52,6 +52,8 @@ struct tpo_job {
 	void *owner;                 /* the infer stage's per-job data */
 	uint64_t session_hash;       /* stable per conversation (endpoint choice) */
 	uint32_t flags;              /* TPO_REQF_* of the request (proto.h) */
+	uint32_t usage_prompt;       /* token counts the upstream reported, 0: */
+	uint32_t usage_completion;   /*   unknown (the stage counts tokens) */
 };
 
 struct tpo_worker_ops {
