@@ -22,7 +22,15 @@ static int *volatile nowhere;      /* NULL, unknown to the compiler */
 
 static void crash(void)
 {
+#ifdef __SANITIZE_ADDRESS__
+	/* Under ASan+UBSan (make asan) a wild store is reported as a bug in
+	 * the infer process, which the tests rightly fail on; abort instead:
+	 * the stage dies by a signal all the same. */
+	(void)nowhere;
+	abort();
+#else
 	*nowhere = 42;                 /* SIGSEGV */
+#endif
 }
 
 static long marker(const struct tpo_plugin_gen *g, const char *key)
