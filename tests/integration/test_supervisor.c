@@ -635,3 +635,76 @@ Test(supervisor, listen_address_in_use_fails_front_without_crash_loop)
 	h_stop(&in);
 	close(fd);
 }
+
+/* Two instances with different names run side by side, each with its own
+ * segments, and stopping one leaves the other serving. */
+Test(supervisor, two_instances_side_by_side)
+{
+	static struct h_inst other;
+	struct h_conn c;
+	char body[512], path[256];
+
+	h_start(&in, "sa", FAST_CFG);
+	h_start(&other, "sb", FAST_CFG);
+	cr_assert_neq(in.port, other.port);
+	for (int k = 0; k < 2; k++) {
+		struct h_inst *i = k ? &other : &in;
+		h_chat_body(body, sizeof(body), "hello [[tpo:tokens=3]]", 0, NULL);
+		h_http(&c, i->port, "POST", "/v1/chat/completions", NULL, body);
+		cr_assert_eq(c.status, 200, "instance %s: %d", i->name, c.status);
+		h_conn_free(&c);
+		snprintf(path, sizeof(path), "/dev/shm/tpo.%s.rings", i->name);
+		cr_assert_eq(access(path, F_OK), 0, "%s missing", path);
+	}
+	h_stop(&other);
+	h_chat_body(body, sizeof(body), "still here [[tpo:tokens=3]]", 0, NULL);
+	h_http(&c, in.port, "POST", "/v1/chat/completions", NULL, body);
+	cr_assert_eq(c.status, 200);
+	h_conn_free(&c);
+	h_stop(&in);
+}
+
+/* SIGHUP (tpo-supervisor reload) re-reads the file: the log says what it
+ * applied and what needs a restart, and the instance keeps serving. */
+Test(supervisor, reload_applies_restart_params)
+{
+	char out[8192], text[8192];
+	struct h_conn c;
+	char body[512];
+	FILE *f;
+	size_t n;
+
+	h_start(&in, "rl", FAST_CFG);
+	/* The same file with one more key: a changed configuration. */
+	f = fopen(in.cfg, "r");
+	cr_assert(f);
+	n = fread(text, 1, sizeof(text) - 1, f);
+	fclose(f);
+	text[n] = 0;
+	{
+		char *brace = strrchr(text, '}');
+		cr_assert(brace);
+		snprintf(brace, sizeof(text) - (size_t)(brace - text),
+			 ", \"drain_timeout_ms\": 12345}\n");
+	}
+	h_write_file(in.cfg, text);
+	cr_assert_eq(h_sup(out, sizeof(out), "reload", "--name", in.name, NULL, NULL, NULL), 0,
+		     "%s", out);
+	for (int i = 0; i < 200; i++) {
+		f = fopen(in.log, "r");
+		n = f ? fread(text, 1, sizeof(text) - 1, f) : 0;
+		if (f)
+			fclose(f);
+		text[n] = 0;
+		if (strstr(text, "reload:"))
+			break;
+		h_sleep_ms(50);
+	}
+	cr_assert(strstr(text, "reload:"), "no reload line in the log:\n%s", text);
+	cr_assert(strstr(text, "applied"), "reload did not apply:\n%s", text);
+	h_chat_body(body, sizeof(body), "after reload [[tpo:tokens=2]]", 0, NULL);
+	h_http(&c, in.port, "POST", "/v1/chat/completions", NULL, body);
+	cr_assert_eq(c.status, 200);
+	h_conn_free(&c);
+	h_stop(&in);
+}
