@@ -502,7 +502,10 @@ Test(supervisor, stop_drains_in_flight_stream)
 		close(fd);
 		h_sleep_ms(5);
 	}
-	cr_assert_eq(fd, -ECONNREFUSED, "connections still accepted while draining");
+	/* Refused, or reset as the last listener of the port closes. */
+	cr_assert_lt(fd, 0, "connections still accepted while draining");
+	cr_assert(fd == -ECONNREFUSED || fd == -ECONNRESET || fd == -ECONNABORTED,
+		  "connect while draining: %s", strerror(-fd));
 	/* The stream in flight completes. */
 	cr_assert_eq(h_read_stream(&c, 1, text, sizeof(text), fin, sizeof(fin), &usage), 30);
 	cr_assert_eq(usage, 30);
