@@ -46,6 +46,7 @@ struct job {
 	uint32_t origin;
 	uint32_t seq;
 	uint32_t gen;                /* bumped at each take: fifo entries name it */
+	uint32_t act_idx;            /* its place in act[] while running */
 	uint64_t start_ns, first_ns, queued_ns;
 	uint32_t prompt_tokens;
 };
@@ -98,11 +99,20 @@ static void journal_sync(void)
 	}
 }
 
+/* Running jobs, dense (swap-remove): loops cost O(running), not O(slots). */
+static uint32_t *act, nact;
+static uint32_t *free_slots, nfree_slots;
+
 static void end_job(struct job *j)
 {
+	uint32_t idx = (uint32_t)(j - jobs);
+
 	ops->cancel(worker, &j->w);
 	mark_done(j->rec);
 	j->active = 0;
+	act[j->act_idx] = act[--nact];
+	jobs[act[j->act_idx]].act_idx = j->act_idx;
+	free_slots[nfree_slots++] = idx;
 	active--;
 	tpo_stats_inflight(&st.stats, st.stage, st.lane, active);
 }
@@ -160,17 +170,14 @@ static const struct tpo_job_sink sink = {
 
 static struct job *free_job(void)
 {
-	for (uint32_t i = 0; i < njobs; i++)
-		if (!jobs[i].active)
-			return &jobs[i];
-	return NULL;
+	return nfree_slots ? &jobs[free_slots[--nfree_slots]] : NULL;
 }
 
 static struct job *find_job(uint64_t req_id)
 {
-	for (uint32_t i = 0; i < njobs; i++)
-		if (jobs[i].active && jobs[i].w.req_id == req_id)
-			return &jobs[i];
+	for (uint32_t i = 0; i < nact; i++)
+		if (jobs[act[i]].w.req_id == req_id)
+			return &jobs[act[i]];
 	return NULL;
 }
 
@@ -213,8 +220,14 @@ static int take_prompt(struct tpo_rec *rec, uint64_t pos)
 			(unsigned long long)rec->req_id, rec->attempt + 1);
 	}
 	j = free_job();
-	memset(j, 0, sizeof(*j));
+	{
+		uint32_t gen = j->gen;      /* survives reuse: fifo entries name it */
+		memset(j, 0, sizeof(*j));
+		j->gen = gen;
+	}
 	j->active = 1;
+	j->act_idx = nact;
+	act[nact++] = (uint32_t)(j - jobs);
 	j->rec = rec;
 	j->pos = pos;
 	j->origin = rec->aux;
@@ -383,10 +396,10 @@ static uint64_t run_jobs(uint64_t now)
 {
 	uint64_t next = 0;
 
-	for (uint32_t i = 0; i < njobs; i++) {
-		struct job *j = &jobs[i];
-		if (!j->active)
-			continue;
+	/* Backwards: a job that ends swaps the last one into its place, which
+	 * has been visited already. */
+	for (uint32_t i = nact; i-- > 0;) {
+		struct job *j = &jobs[act[i]];
 		if (j->w.deadline_ns && now >= j->w.deadline_ns) {
 			sink_fail(&j->w, 504, "the request's deadline passed during inference");
 			continue;
@@ -445,6 +458,12 @@ int main(int argc, char **argv)
 	}
 	njobs = st.cfg.stages.infer.max_inflight;
 	jobs = calloc(njobs, sizeof(*jobs));
+	act = calloc(njobs, sizeof(*act));
+	free_slots = calloc(njobs, sizeof(*free_slots));
+	if (!act || !free_slots)
+		return 111;
+	for (uint32_t i = 0; i < njobs; i++)
+		free_slots[nfree_slots++] = njobs - 1 - i;
 	fifo_cap = (uint32_t)(st.in[0].mask + 1) /
 		   (uint32_t)tpo_rec_size(sizeof(struct tpo_msg_req)) + 1;
 	fifo = calloc(fifo_cap, sizeof(*fifo));
