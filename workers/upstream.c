@@ -748,6 +748,12 @@ static int launch(struct tpo_up_call *c, uint64_t now)
 	job->wake_ns = now + (uint64_t)u->to.first_token_ms * MS;
 	return 0;
 fail:
+	if (c->easy) {
+		/* Created but never added to the multi: detach() must not see it,
+		 * it would count a transfer that never ran. */
+		curl_easy_cleanup(c->easy);
+		c->easy = NULL;
+	}
 	curl_slist_free_all(c->hdrs);
 	c->hdrs = NULL;
 	if (probe)

@@ -16,8 +16,13 @@
 //   [[srv:garbage]]            an event that is not JSON
 //   [[srv:huge]]               one 5 MiB line
 //   [[srv:slow_headers=MS]]    wait MS before the status line
+//   [[srv:key=K]]              count the request under K (on arrival)
+//   [[srv:hold=K]]             hold the request (before any other command acts)
+//                              until GET /release?key=K; later ones pass
 // Without commands: an answer of 5 tokens "tok0".." tok4" in the path's format.
-// GET /count?key=K: requests seen with KEY; GET /last: the last request.
+// GET /count?key=K: requests seen with KEY (flaky or key); GET /held?key=K:
+// requests held now; GET /release?key=K: let them go; GET /last: the last
+// request.
 'use strict';
 const http = require('http');
 const fs = require('fs');
@@ -25,6 +30,8 @@ const path = require('path');
 
 const golden = path.join(__dirname, 'golden');
 const counts = {};
+const held = {};      // key -> callbacks of the requests held under it
+const released = {};  // key -> true once /release was asked
 let last = null;
 
 function cmd(prompt, key) {
@@ -86,8 +93,18 @@ const server = http.createServer((req, res) => {
 	const url = new URL(req.url, 'http://x');
 	if (req.method === 'GET') {
 		res.setHeader('Content-Type', 'application/json');
+		const k = url.searchParams.get('key');
 		if (url.pathname === '/count')
-			return res.end(JSON.stringify({ count: counts[url.searchParams.get('key')] || 0 }));
+			return res.end(JSON.stringify({ count: counts[k] || 0 }));
+		if (url.pathname === '/held')
+			return res.end(JSON.stringify({ held: (held[k] || []).length }));
+		if (url.pathname === '/release') {
+			const w = held[k] || [];
+			released[k] = true;
+			delete held[k];
+			w.forEach((f) => f());
+			return res.end(JSON.stringify({ released: w.length }));
+		}
 		return res.end(JSON.stringify(last));
 	}
 	let body = '';
@@ -149,8 +166,16 @@ const server = http.createServer((req, res) => {
 				return writeChunks(res, evs.slice(0, Number(ra)).join(''), chunk, () => setTimeout(() => res.socket.resetAndDestroy(), 20));
 			writeChunks(res, evs.concat(ending(proto, 5)).join(''), chunk, () => res.end());
 		};
+		const key = c('key');
+		if (key !== null)
+			counts[key] = (counts[key] || 0) + 1;
 		const slow = c('slow_headers');
-		if (slow !== null) setTimeout(go, Number(slow)); else go();
+		const run = () => { if (slow !== null) setTimeout(go, Number(slow)); else go(); };
+		const hold = c('hold');
+		if (hold !== null && !released[hold])
+			(held[hold] = held[hold] || []).push(run);
+		else
+			run();
 	});
 });
 server.keepAliveTimeout = 30000;

@@ -13,12 +13,15 @@
 	"  \"timeouts\": {\"connect_ms\": 1000, \"first_token_ms\": %d, \"idle_ms\": %d," \
 	"                \"total_ms\": 20000}," \
 	"  \"retries\": {\"max_attempts\": 2, \"base_ms\": 1, \"cap_ms\": 5}," \
-	"  \"breaker\": {\"failures\": %d, \"open_ms\": 60000}}}}"
+	"  \"breaker\": {\"failures\": %d, \"open_ms\": %d}}}}"
 
 static struct h_inst in;
 /* first_token_ms and idle_ms; a test whose point is not a timeout raises
  * them, so a loaded machine cannot turn its cancel into a timeout. */
 static int tmo_ms = 1500;
+/* breaker.open_ms; a test of the half-open state shortens it so that it
+ * need not wait long for the interval to pass. */
+static int open_ms = 60000;
 static pid_t srv_pid;
 static int srv_port;
 
@@ -68,7 +71,7 @@ static void start_url(const char *tag, const char *worker, const char *url_tail,
 
 	srv_start();
 	snprintf(cfg, sizeof(cfg), CFG, worker, srv_port, url_tail, ep_more ? ep_more : "",
-		 tmo_ms, tmo_ms, failures);
+		 tmo_ms, tmo_ms, failures, open_ms);
 	h_start_ex(&in, tag, cfg, env, 1);
 	h_register(&in);
 }
@@ -189,6 +192,37 @@ static void ep_snap(const struct tpo_stats *st, struct tpo_ep_snapshot *e)
 			return;
 	}
 	cr_assert_fail("no endpoint slot for lane 0");
+}
+
+/*
+ * Opens the breaker (breaker.failures 2: one request whose two attempts get
+ * HTTP 500) and waits until its open interval has passed. The endpoint
+ * turns half-open only when a request asks for it, so what is waited for is
+ * the infer stage's clock (CLOCK_MONOTONIC, as tpo_now_ns) passing the
+ * moment it opened plus open_ms. The snapshot of the open state into e.
+ */
+static void breaker_open_and_wait(const struct tpo_stats *st, struct tpo_ep_snapshot *e)
+{
+	char out[8192];
+	uint64_t end = h_now_ms() + H_HANG_MS;
+
+	cr_assert_eq(chat_once("[[srv:status=500]]", out, sizeof(out)), 502, "%s", out);
+	ep_snap(st, e);
+	cr_assert_eq(e->state, TPO_EP_OPEN, "two failures did not open the breaker");
+	while (tpo_now_ns() <= e->state_since_ns + (uint64_t)open_ms * 1000000ull &&
+	       h_now_ms() < end)
+		h_sleep_ms(10);
+}
+
+static void srv_release(const char *key)
+{
+	struct h_conn c;
+	char path[128];
+
+	snprintf(path, sizeof(path), "/release?key=%s", key);
+	h_http(&c, srv_port, "GET", path, NULL, NULL);
+	cr_assert_eq(c.status, 200);
+	h_conn_free(&c);
 }
 
 Test(upstream, openai_golden_split_and_nonstream_and_auth)
@@ -387,5 +421,134 @@ Test(upstream, anthropic_golden_headers_and_error_event)
 	cr_assert_eq(content, 0);
 	cr_assert_eq(errors, 1);
 	cr_assert(strstr(out, "Overloaded"), "%s", out);
+	h_stop(&in);
+}
+
+/*
+ * Half-open admits exactly one probe. Several requests arrive together
+ * after the open interval; the server holds what reaches it until told, so
+ * the probe is certainly in flight while the others are decided: they fail
+ * at once with 503, and the server saw one request. The probe's success
+ * closes the breaker; a probe that fails (after a token: not retried, so
+ * nothing else can reach the server) opens it again.
+ */
+Test(upstream, breaker_half_open_admits_one_probe)
+{
+	enum { N = 4 };
+	struct tpo_stats st;
+	struct tpo_ep_snapshot e;
+	struct h_conn cs[N];
+	int done[N] = { 0 }, ndone = 0, probe = -1, content, errors;
+	char body[512], out[8192];
+	uint64_t opened;
+
+	tmo_ms = 60000;          /* the held probe must not time out */
+	open_ms = 300;
+	start("bh", "openai", NULL, 2, NULL);
+	h_stats_attach(&in, &st);
+
+	breaker_open_and_wait(&st, &e);
+	h_chat_body(body, sizeof(body), "[[srv:key=kh]] [[srv:hold=kh]]", 0, NULL);
+	for (int i = 0; i < N; i++)
+		h_begin(&cs[i], in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+	for (uint64_t end = h_now_ms() + H_HANG_MS; ndone < N - 1;) {
+		struct pollfd pf[N];
+		int r;
+		for (int i = 0; i < N; i++) {
+			pf[i].fd = done[i] ? -1 : cs[i].fd;
+			pf[i].events = POLLIN;
+			pf[i].revents = 0;
+		}
+		/* Not a deadline: a second request held at the server fails the
+		 * test at once instead of after the hang detector. */
+		r = poll(pf, N, 20);
+		cr_assert_geq(r, 0);
+		cr_assert_leq(srv_count("kh"), 1, "half-open let more than one request through");
+		cr_assert_lt(h_now_ms(), end, "%d of %d requests still waiting while the probe "
+			     "is held", N - ndone, N);
+		for (int i = 0; i < N; i++) {
+			if (done[i] || !pf[i].revents)
+				continue;
+			cr_assert_eq(h_read_head(&cs[i]), 0);
+			cr_assert_eq(h_read_body(&cs[i]), 0);
+			cr_assert_eq(cs[i].status, 503, "status %d while half-open: %s",
+				     cs[i].status, cs[i].body ? cs[i].body : "");
+			h_assert_oai_error(cs[i].body, "circuit breaker");
+			done[i] = 1;
+			ndone++;
+		}
+	}
+	for (int i = 0; i < N; i++)
+		if (!done[i])
+			probe = i;
+	cr_assert_eq(srv_count("kh"), 1, "half-open let more than one request through");
+	ep_snap(&st, &e);
+	cr_assert_eq(e.state, TPO_EP_HALF_OPEN);
+	cr_assert_eq(e.in_flight, 1);
+
+	/* The probe succeeds: closed, and requests reach the server again. */
+	srv_release("kh");
+	cr_assert_eq(h_read_head(&cs[probe]), 0);
+	cr_assert_eq(h_read_body(&cs[probe]), 0);
+	cr_assert_eq(cs[probe].status, 200, "probe: %s", cs[probe].body ? cs[probe].body : "");
+	cr_assert(strstr(cs[probe].body, "tok0 tok1 tok2"), "%s", cs[probe].body);
+	for (int i = 0; i < N; i++)
+		h_conn_free(&cs[i]);
+	ep_snap(&st, &e);
+	cr_assert_eq(e.state, TPO_EP_CLOSED, "a successful probe did not close the breaker");
+	cr_assert_eq(srv_count("kh"), 1);
+	cr_assert_eq(chat_once("[[srv:key=kc]]", out, sizeof(out)), 200, "%s", out);
+	cr_assert_eq(chat_once("[[srv:key=kc]]", out, sizeof(out)), 200, "%s", out);
+	cr_assert_eq(srv_count("kc"), 2);
+
+	/* The probe fails: open again (a new opening, not the old one). */
+	breaker_open_and_wait(&st, &e);
+	opened = e.state_since_ns;
+	chat_broken("[[srv:key=kf]] [[srv:reset_after=1]]", &content, &errors, out, sizeof(out));
+	cr_assert_eq(content, 1);
+	cr_assert_eq(errors, 1, "%s", out);
+	cr_assert_eq(srv_count("kf"), 1);
+	ep_snap(&st, &e);
+	cr_assert_eq(e.state, TPO_EP_OPEN, "a failed probe left the breaker %s",
+		     tpo_ep_state_name((int)e.state));
+	cr_assert_gt(e.state_since_ns, opened, "the breaker was not half-open in between");
+	cr_assert_eq(e.in_flight, 0);
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
+
+/*
+ * Retries only before the first token was forwarded: a stream that breaks
+ * after 2 tokens ends with one error and the server saw it once; one that
+ * breaks before any token is tried again.
+ */
+Test(upstream, no_retry_after_first_token)
+{
+	struct tpo_stats st;
+	struct tpo_ep_snapshot e;
+	char err[8192];
+	int content, errors;
+	uint64_t requests;
+
+	start("nr", "openai", NULL, 100, NULL);
+	h_stats_attach(&in, &st);
+
+	ep_snap(&st, &e);
+	requests = e.requests;
+	chat_broken("[[srv:key=k2]] [[srv:reset_after=2]]", &content, &errors, err, sizeof(err));
+	cr_assert_eq(content, 2);
+	cr_assert_eq(errors, 1);
+	cr_assert(strstr(err, "after 2 tokens"), "%s", err);
+	cr_assert_eq(srv_count("k2"), 1, "a stream that had forwarded tokens was retried");
+	ep_snap(&st, &e);
+	cr_assert_eq(e.requests - requests, 1);
+	cr_assert_eq(e.in_flight, 0);
+
+	chat_broken("[[srv:key=k0]] [[srv:reset_after=0]]", &content, &errors, err, sizeof(err));
+	cr_assert_eq(content, 0);
+	cr_assert_eq(errors, 1);
+	cr_assert(strstr(err, "2 attempts"), "%s", err);
+	cr_assert_eq(srv_count("k0"), 2, "a failure before any token was not retried");
+	tpo_stats_close(&st);
 	h_stop(&in);
 }
