@@ -82,6 +82,7 @@ struct conn {
 
 struct stats {
 	struct tpo_hist e2e_ok, e2e_shed, e2e_other, ttfb, ttft, itl;
+	struct tpo_hist send_lag;    /* open loop: due -> handed to a connection */
 	uint64_t status[NSTATUS];
 	uint64_t sent, conn_err, timeout, unanswered, tokens, stream_err;
 	uint64_t stall_ns;           /* longest gap between 2xx answers ending in it */
@@ -495,8 +496,11 @@ static void start_request(struct conn *c, uint64_t t_start, uint64_t now)
 	c->stream_err = 0;
 	c->usage_tokens = 0;
 	c->sent_off = 0;
-	if (c->phase >= 0)
+	if (c->phase >= 0) {
 		pst[c->phase].sent++;
+		if (opt.open)
+			tpo_hist_record(&pst[c->phase].send_lag, now > t_start ? now - t_start : 0);
+	}
 	tl_at(now)->sent++;
 	list_add_tail(c);
 	inflight_n++;
@@ -1043,7 +1047,8 @@ static void json_stats(FILE *f, const struct stats *s, double rate, double dur)
 	json_hist(f, "e2e_other", &s->e2e_other, 1);
 	json_hist(f, "ttfb", &s->ttfb, 1);
 	json_hist(f, "ttft", &s->ttft, 1);
-	json_hist(f, "itl", &s->itl, 0);
+	json_hist(f, "itl", &s->itl, 1);
+	json_hist(f, "send_lag", &s->send_lag, 0);
 	fprintf(f, "}}");
 }
 
@@ -1057,6 +1062,7 @@ static void merge(struct stats *dst, const struct stats *src)
 	tpo_hist_merge(&dst->ttfb, &src->ttfb);
 	tpo_hist_merge(&dst->ttft, &src->ttft);
 	tpo_hist_merge(&dst->itl, &src->itl);
+	tpo_hist_merge(&dst->send_lag, &src->send_lag);
 	for (i = 0; i < NSTATUS; i++)
 		dst->status[i] += src->status[i];
 	dst->sent += src->sent;
@@ -1101,6 +1107,8 @@ static void print_stats(const char *title, const struct stats *s, double dur)
 	print_hist("ttfb", &s->ttfb);
 	print_hist("ttft", &s->ttft);
 	print_hist("itl", &s->itl);
+	if (opt.open)
+		print_hist("send lag", &s->send_lag);
 }
 
 static void report(double wall, double cpu)
