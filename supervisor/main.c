@@ -57,6 +57,13 @@ static int load(struct tpo_config *c, const char *path)
 			path ? path : "<embedded default>");
 		return TPO_EX_CONFIG;
 	}
+	/* Valid JSON the code cannot honour yet is refused, never ignored. */
+	if (c->stages.infer.processes > 1) {
+		fprintf(stderr, "tpo-supervisor: config: %s: stages.infer.processes: more than one "
+			"infer process per lane is not supported yet (use max_inflight)\n",
+			path ? path : "<embedded default>");
+		return TPO_EX_CONFIG;
+	}
 	return 0;
 }
 

@@ -711,3 +711,15 @@ Test(supervisor, reload_applies_restart_params)
 	h_conn_free(&c);
 	h_stop(&in);
 }
+
+/* A setting the code cannot honour yet is refused, not silently ignored. */
+Test(supervisor, unsupported_setting_refused)
+{
+	char out[4096], cfg[128];
+
+	snprintf(cfg, sizeof(cfg), "/tmp/tpo-it.proc%d.json", (int)getpid());
+	h_write_file(cfg, "{\"stages\": {\"infer\": {\"processes\": 2}}}\n");
+	cr_assert_eq(h_sup(out, sizeof(out), "check", "-c", cfg, NULL, NULL, NULL), 78, "%s", out);
+	cr_assert(strstr(out, "stages.infer.processes"), "%s", out);
+	unlink(cfg);
+}
