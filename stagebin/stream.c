@@ -51,6 +51,7 @@ struct sreq {
 	uint64_t admitted_ns;
 	uint64_t deadline_ns;
 	int64_t created;
+	char oid[32];                /* "chatcmpl-<id>": made once, sent per chunk */
 	char model[TPO_MODEL_MAX];
 	uint8_t corked_batch;        /* its connection is in corked[] */
 	char *body;                  /* non-streaming: the answer so far */
@@ -425,6 +426,7 @@ static void admit(struct tpo_http_conn *c, struct tpo_http_req *req, int kind)
 	r->admitted_ns = now;
 	r->deadline_ns = now + timeout_ns;
 	r->created = (int64_t)time(NULL);
+	tpo_oai_make_id(r->oid, sizeof(r->oid), kind, r->id);
 	snprintf(r->model, sizeof(r->model), "%s", oai.model[0] ? oai.model : st.cfg.models[0]);
 	r->prev = lane_list[lane].prev;
 	r->next = &lane_list[lane];
@@ -524,7 +526,6 @@ static void start_streaming(struct sreq *r, struct tpo_http_conn *c)
 
 static void on_token(struct sreq *r, struct tpo_http_conn *c, const struct tpo_rec *rec)
 {
-	char id[48];
 	int n;
 
 	if (rec->seq <= r->last_seq)
@@ -540,8 +541,7 @@ static void on_token(struct sreq *r, struct tpo_http_conn *c, const struct tpo_r
 	}
 	if (r->state != R_STREAMING)
 		start_streaming(r, c);
-	tpo_oai_make_id(id, sizeof(id), r->kind, r->id);
-	n = tpo_oai_chunk(out, sizeof(out), r->kind, id, r->created, r->model,
+	n = tpo_oai_chunk(out, sizeof(out), r->kind, r->oid, r->created, r->model,
 			  tpo_rec_data(rec), rec->len, rec->seq == 1);
 	if (n > 0)
 		tpo_http_stream_write(c, out, (size_t)n);
@@ -553,14 +553,13 @@ static void on_end(struct sreq *r, struct tpo_http_conn *c, const struct tpo_rec
 	const char *finish = e && e->finish == TPO_FINISH_LENGTH ? "length" : "stop";
 	uint32_t pt = e ? e->prompt_tokens : 0, ct = e ? e->completion_tokens : 0;
 	uint64_t now = tpo_now_ns();
-	char id[48], hdr[256];
+	char hdr[256];
 	int n;
 
-	tpo_oai_make_id(id, sizeof(id), r->kind, r->id);
 	if (r->stream) {
 		if (r->state != R_STREAMING)
 			start_streaming(r, c);
-		n = tpo_oai_final_chunk(out, sizeof(out), r->kind, id, r->created, r->model,
+		n = tpo_oai_final_chunk(out, sizeof(out), r->kind, r->oid, r->created, r->model,
 					finish, pt, ct, 1);
 		if (n > 0)
 			tpo_http_stream_write(c, out, (size_t)n);
@@ -569,7 +568,7 @@ static void on_end(struct sreq *r, struct tpo_http_conn *c, const struct tpo_rec
 	} else {
 		char *buf = out, *big = NULL;
 		size_t cap = sizeof(out);
-		n = tpo_oai_full_response(buf, cap, r->kind, id, r->created, r->model,
+		n = tpo_oai_full_response(buf, cap, r->kind, r->oid, r->created, r->model,
 					  r->body ? r->body : "", r->body_len, finish, pt, ct);
 		if (n < 0) {
 			/* Larger than the shared buffer: escaping at most sixfolds
@@ -578,7 +577,7 @@ static void on_end(struct sreq *r, struct tpo_http_conn *c, const struct tpo_rec
 			cap = r->body_len * 6 + 4096;
 			big = malloc(cap);
 			if (big)
-				n = tpo_oai_full_response(buf = big, cap, r->kind, id, r->created,
+				n = tpo_oai_full_response(buf = big, cap, r->kind, r->oid, r->created,
 							  r->model, r->body ? r->body : "",
 							  r->body_len, finish, pt, ct);
 		}
