@@ -308,7 +308,9 @@ static void conn_shutdown(struct tpo_http_conn *c)
 static void conn_closing(struct tpo_http_conn *c)
 {
 	c->phase = PH_CLOSING;
-	tl_disarm(c);
+	/* Output still to send: a client that stops reading must not hold the
+	 * connection forever (its idle timeout; conn_shutdown re-arms linger). */
+	tl_arm(c, TL_IDLE);
 	if (c->olen == 0)
 		conn_shutdown(c);
 }
@@ -1065,6 +1067,7 @@ static void conn_open(struct tpo_http_server *srv, int fd)
 	c->phase = PH_IDLE;
 	c->tl = TL_NONE;
 	c->active = c->streaming = c->stream_raw = c->no_body = c->close_req = 0;
+	c->corked = 0;   /* a dead predecessor may have left its output corked */
 	c->in_cb = c->pending = c->shut = c->peer_eof = 0;
 	c->err_status = 0;
 	c->hdr_fed = 0;

@@ -60,6 +60,8 @@ static int tgi_parse(struct tpo_up_call *c, const char *js, size_t len, int whol
 		/* /generate may answer [{"generated_text": ...}] */
 		free(t);
 		const char *p = memchr(js, '{', len), *q = js + len;
+		if (!p)
+			return tpo_up_error(c, 0, "the model server sent an answer without an object");
 		while (q > p && q[-1] != '}')
 			q--;
 		return p && q > p ? tgi_parse(c, p, (size_t)(q - p), 1)

@@ -597,7 +597,8 @@ static void complete(struct tpo_up_call *c, CURLcode rc)
 		curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &c->status);
 	if (c->perr_set) {
 		snprintf(what, sizeof(what), "%s", c->perr);
-		attempt_fail(c, F_TRANSIENT, c->perr_status, 1, what);
+		/* A rate limit reported in the stream is not an endpoint failure. */
+		attempt_fail(c, F_TRANSIENT, c->perr_status, c->perr_status != 429, what);
 		return;
 	}
 	if (rc != CURLE_OK) {

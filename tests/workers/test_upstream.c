@@ -398,6 +398,15 @@ Test(upstream, tgi_golden_and_error_event)
 	cr_assert_eq(content, 1);
 	cr_assert_eq(errors, 1);
 	cr_assert(strstr(err, "CUDA out of memory"), "%s", err);
+	/* Regression: a whole answer that is an array without an object made
+	 * the parser read before its buffer; now it is a clean 502. */
+	{
+		char out[8192];
+		cr_assert_eq(chat_once("[[srv:json=tgi_array_no_object.json]]", out, sizeof(out)), 502,
+			     "%s", out);
+		h_assert_oai_error(out, "without an object");
+		cr_assert_eq(chat_once("plain", out, sizeof(out)), 200, "%s", out);
+	}
 	h_stop(&in);
 }
 
