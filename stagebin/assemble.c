@@ -92,10 +92,9 @@ static int on_record(struct tpo_stage *st, int in, const struct tpo_rec *rec)
 	out->type = TPO_MSG_PROMPT;
 	out->req_id = rec->req_id;
 	out->aux = rec->aux;
-	out->ts_ns = tpo_now_ns();
+	out->ts_ns = st->now_ns;
 	/* Shrink the reservation to what the prompt took. */
 	tpo_ring_shrink(&st->out[0], out, tpo_msg_req_size(o));
-	tpo_ring_commit(&st->out[0]);
 	tpo_stage_passed(st);
 	return 0;
 }

@@ -10,7 +10,8 @@
  *
  *   bit 31  the job ended (its output is complete downstream)
  *   bit 30  the job was started
- *   0..29   tokens forwarded so far
+ *   0..29   tokens emitted so far (written before each is emitted: a
+ *           crash can over-count, never under-count, what reached the client)
  *
  * A replacement process re-reads those records: ended ones are skipped;
  * started ones count one more attempt (tpo_rec.attempt) and are retried if
@@ -42,12 +43,11 @@ struct job {
 	struct tpo_job w;            /* first: the worker sees this */
 	int active;
 	struct tpo_rec *rec;         /* the PROMPT record, in our input ring */
-	uint64_t pos;                /* its ring position */
 	uint32_t origin;
 	uint32_t seq;
 	uint32_t gen;                /* bumped at each take: fifo entries name it */
 	uint32_t act_idx;            /* its place in act[] while running */
-	uint64_t start_ns, first_ns, queued_ns;
+	uint64_t start_ns, first_ns;
 	uint32_t prompt_tokens;
 };
 
@@ -85,18 +85,12 @@ static void mark_done(struct tpo_rec *rec)
 	pend_done[npend_done++] = rec;
 }
 
-/* After a flush: the journal says what has really been committed. */
+/* After a flush: the ends it committed are recorded in the journal. */
 static void journal_sync(void)
 {
 	for (uint32_t i = 0; i < npend_done; i++)
 		pend_done[i]->seq |= J_DONE;
 	npend_done = 0;
-	for (uint32_t i = 0; i < fifo_len; i++) {
-		struct fifo_ent *e = &fifo[(fifo_head + i) % fifo_cap];
-		struct job *j = &jobs[e->idx];
-		if (j->active && j->gen == e->gen)
-			j->rec->seq = (j->rec->seq & ~J_TOKENS) | J_STARTED | (j->seq & J_TOKENS);
-	}
 }
 
 /* Running jobs, dense (swap-remove): loops cost O(running), not O(slots). */
@@ -122,15 +116,21 @@ static int sink_token(struct tpo_job *w, const char *text, size_t len)
 	struct job *j = (struct job *)w;
 	int err;
 
-	if (len == 0)
-		return 0;
-	if (len > st.out[0].max_len)
-		len = st.out[0].max_len;
-	err = tpo_stage_emit(&st, 0, TPO_MSG_TOKEN, j->w.req_id, ++j->seq, j->origin,
-			     text, (uint32_t)len);
-	if (err < 0)
-		return err;
-	if (j->seq == 1) {
+	/* A token longer than a record (a whole answer from a server that
+	 * does not stream) goes out as several: nothing is cut. */
+	while (len > 0) {
+		uint32_t n = len > st.out[0].max_len ? st.out[0].max_len : (uint32_t)len;
+		/* Journal first: a crash can only over-count forwarded tokens, so a
+		 * request that may have reached the client is never run again. */
+		j->rec->seq = J_STARTED | ((j->seq + 1) & J_TOKENS);
+		err = tpo_stage_emit(&st, 0, TPO_MSG_TOKEN, j->w.req_id, ++j->seq, j->origin,
+				     text, n);
+		if (err < 0)
+			return err;
+		text += n;
+		len -= n;
+	}
+	if (j->first_ns == 0) {
 		j->first_ns = tpo_now_ns();
 		tpo_stats_ttft(&st.stats, st.stage, st.lane, j->first_ns - j->start_ns);
 	}
@@ -229,10 +229,8 @@ static int take_prompt(struct tpo_rec *rec, uint64_t pos)
 	j->act_idx = nact;
 	act[nact++] = (uint32_t)(j - jobs);
 	j->rec = rec;
-	j->pos = pos;
 	j->origin = rec->aux;
 	j->start_ns = tpo_now_ns();
-	j->queued_ns = rec->ts_ns;
 	j->prompt_tokens = m->prompt_tokens;
 	j->w.req_id = rec->req_id;
 	j->w.prompt = tpo_msg_req_text(m);
@@ -269,7 +267,6 @@ static int take_prompt(struct tpo_rec *rec, uint64_t pos)
 		b->text_len = 0;
 		b->ctx_len = 0;
 		memcpy(tpo_msg_req_stops(b), tpo_msg_req_stops(m), m->stop_len);
-		tpo_ring_commit(&st.out[0]);
 	}
 	err = ops->start(worker, &j->w);
 	if (err < 0 && j->active)

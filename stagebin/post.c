@@ -53,6 +53,8 @@ static struct req *pool;
 static uint32_t *free_list, nfree;
 static uint32_t *index_tab, index_mask;     /* 0 empty, else pool index + 1 */
 static char buf1[1 << 17], buf2[1 << 17];
+#define PIECE 16384   /* TPO_UTF8_JOIN_BOUND(PIECE) + a held stop prefix fit */
+_Static_assert(TPO_UTF8_JOIN_BOUND(PIECE) + TPO_STOP_LEN_MAX <= sizeof(buf1), "post buffers");
 
 static int table_init(uint32_t budget)
 {
@@ -177,14 +179,21 @@ static int on_token(struct tpo_stage *st, struct req *r, const struct tpo_rec *r
 	r->in_seq = rec->seq;
 	r->tokens++;
 	tpo_stats_count_tokens(&st->stats, st->stage, st->lane, 1);
-	tpo_utf8_join(&r->utf8, tpo_rec_data(rec), rec->len, buf1, sizeof(buf1), &n1);
-	if (tpo_stop_feed(&r->stop, buf1, n1, buf2, sizeof(buf2), &n2) == 1) {
+	/* In pieces the work buffers always hold (UTF-8 repair may triple a
+	 * piece): a token can be as long as a record. */
+	for (uint32_t off = 0; off < rec->len; off += PIECE) {
+		uint32_t n = rec->len - off < PIECE ? rec->len - off : PIECE;
+		n1 = n2 = 0;
+		tpo_utf8_join(&r->utf8, (const char *)tpo_rec_data(rec) + off, n, buf1,
+			      sizeof(buf1), &n1);
+		if (tpo_stop_feed(&r->stop, buf1, n1, buf2, sizeof(buf2), &n2) == 1) {
+			if (n2 && (err = emit_text(st, r, buf2, n2)) < 0)
+				return err;
+			return finish(st, r, TPO_FINISH_STOP, NULL);
+		}
 		if (n2 && (err = emit_text(st, r, buf2, n2)) < 0)
 			return err;
-		return finish(st, r, TPO_FINISH_STOP, NULL);
 	}
-	if (n2 && (err = emit_text(st, r, buf2, n2)) < 0)
-		return err;
 	if (r->max_tokens && r->tokens >= r->max_tokens)
 		return finish(st, r, TPO_FINISH_LENGTH, NULL);
 	return 0;

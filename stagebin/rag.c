@@ -61,8 +61,11 @@ static int on_record(struct tpo_stage *st, int in, const struct tpo_rec *rec)
 	err = tpo_stage_reserve(st, 0, len, &out);
 	if (err < 0)
 		return err;
-	*out = *rec;
-	out->len = len;
+	out->type = rec->type;
+	out->req_id = rec->req_id;
+	out->seq = rec->seq;
+	out->aux = rec->aux;
+	out->ts_ns = st->now_ns;        /* attempt starts again at 0 downstream */
 	o = tpo_rec_data(out);
 	*o = *m;
 	o->ctx_len = ctx;
@@ -70,7 +73,6 @@ static int on_record(struct tpo_stage *st, int in, const struct tpo_rec *rec)
 	if (ctx)
 		memcpy(tpo_msg_req_ctx(o), context, ctx);
 	memcpy(tpo_msg_req_stops(o), tpo_msg_req_stops(m), m->stop_len);
-	tpo_ring_commit(&st->out[0]);
 	tpo_stage_passed(st);
 	return 0;
 }

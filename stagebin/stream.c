@@ -36,6 +36,7 @@
 #define TAG_TICK  (TPO_TAG_USER + 2)
 #define TICK_MS   20
 #define OUT_MAX   (1 << 17)
+#define CHUNK_TEXT_MAX 16384   /* escaped (<= 6x) plus the envelope fits OUT_MAX */
 
 enum rstate { R_FREE = 0, R_QUEUED, R_INFER, R_STREAMING };
 
@@ -68,12 +69,11 @@ static struct sreq *reqs;            /* open-addressing table by id */
 static uint32_t reqs_mask, nactive;
 static struct sreq lane_list[TPO_RINGSET_MAX_LANES]; /* sentinels */
 static uint32_t lane_active[TPO_RINGSET_MAX_LANES];
-static uint64_t id_counter, id_base;
+static uint64_t id_counter;
 static int draining;
 static uint64_t drain_deadline_ns;
 static char out[OUT_MAX];
 static char api_keys[4096];
-static const char *oai_id_kind;
 
 /* ---- request table ----
  *
@@ -499,7 +499,8 @@ static void cork(struct sreq *r, struct tpo_http_conn *c)
 }
 
 
-static void grow_body(struct sreq *r, size_t need)
+/* Room for need more bytes of a non-streamed answer: 0 or -ENOMEM. */
+static int grow_body(struct sreq *r, size_t need)
 {
 	size_t cap = r->body_cap ? r->body_cap : 4096;
 	char *b;
@@ -507,12 +508,13 @@ static void grow_body(struct sreq *r, size_t need)
 	while (cap < r->body_len + need)
 		cap *= 2;
 	if (cap == r->body_cap)
-		return;
+		return 0;
 	b = realloc(r->body, cap);
 	if (!b)
-		return;
+		return -ENOMEM;
 	r->body = b;
 	r->body_cap = cap;
+	return 0;
 }
 
 static void start_streaming(struct sreq *r, struct tpo_http_conn *c)
@@ -532,19 +534,38 @@ static void on_token(struct sreq *r, struct tpo_http_conn *c, const struct tpo_r
 		return;              /* redelivered: already sent */
 	r->last_seq = rec->seq;
 	if (!r->stream) {
-		grow_body(r, rec->len);
-		if (r->body_len + rec->len <= r->body_cap) {
-			memcpy(r->body + r->body_len, tpo_rec_data(rec), rec->len);
-			r->body_len += rec->len;
+		if (grow_body(r, rec->len) < 0) {
+			/* Never answer 200 with tokens missing. */
+			send_cancel(r, TPO_CANCEL_CLIENT);
+			req_fail(r, 500, "out of memory buffering the answer", NULL);
+			return;
 		}
+		memcpy(r->body + r->body_len, tpo_rec_data(rec), rec->len);
+		r->body_len += rec->len;
 		return;
 	}
 	if (r->state != R_STREAMING)
 		start_streaming(r, c);
-	n = tpo_oai_chunk(out, sizeof(out), r->kind, r->oid, r->created, r->model,
-			  tpo_rec_data(rec), rec->len, rec->seq == 1);
-	if (n > 0)
+	/* One chunk per token; a token too long to encode in `out` (escaping
+	 * can grow text 6x) goes out as several chunks, cut between UTF-8
+	 * characters. */
+	for (const char *p = tpo_rec_data(rec), *end = p + rec->len; p < end;) {
+		size_t len = (size_t)(end - p);
+		if (len > CHUNK_TEXT_MAX) {
+			len = CHUNK_TEXT_MAX;
+			while (len > 1 && ((uint8_t)p[len] & 0xc0) == 0x80)
+				len--;
+		}
+		n = tpo_oai_chunk(out, sizeof(out), r->kind, r->oid, r->created, r->model,
+				  p, len, rec->seq == 1 && p == (const char *)tpo_rec_data(rec));
+		if (n <= 0) {
+			send_cancel(r, TPO_CANCEL_CLIENT);
+			req_fail(r, 500, "unable to encode a token of the answer", NULL);
+			return;
+		}
 		tpo_http_stream_write(c, out, (size_t)n);
+		p += len;
+	}
 }
 
 static void on_end(struct sreq *r, struct tpo_http_conn *c, const struct tpo_rec *rec)
@@ -605,6 +626,10 @@ static void on_record(const struct tpo_rec *rec)
 		return;               /* ended already (shed, deadline, client gone) */
 	c = tpo_http_conn_lookup(srv, r->conn);
 	if (!c) {
+		/* The client went away and we learnt it from a failed write:
+		 * stop the work in the lane as on_close would have. */
+		if (rec->type != TPO_MSG_END && rec->type != TPO_MSG_ERROR)
+			send_cancel(r, TPO_CANCEL_CLIENT);
 		req_free(r);
 		return;
 	}
@@ -808,8 +833,6 @@ static int setup(void)
 	if (getrandom(&rnd, sizeof(rnd), 0) < 0)
 		rnd = tpo_now_ns();
 	id_counter = rnd & ((1ull << 36) - 1);
-	(void)id_base;
-	(void)oai_id_kind;
 	for (int l = 0; l < TPO_RINGSET_MAX_LANES; l++)
 		atomic_store_explicit(&st.rs.load[st.lane][l], 0, memory_order_relaxed);
 	for (int l = 0; l < TPO_RINGSET_MAX_LANES; l++)
@@ -902,7 +925,22 @@ int main(int argc, char **argv)
 					on_tick();
 			}
 		}
-		/* Commit-on-demand: requests and cancels were committed as written. */
+	}
+	/* The last answers may still sit in output buffers: let them leave
+	 * (connections close after their response while draining), briefly. */
+	for (uint64_t end = tpo_now_ns() + 1000000000ull;
+	     tpo_http_conns(srv) && tpo_now_ns() < end;) {
+		int n = epoll_wait(epfd, evs, 64, 20);
+		for (int i = 0; i < n; i++) {
+			struct tpo_http_tag *t = evs[i].data.ptr;
+			uint64_t x;
+			if (tpo_http_tag_ours(t))
+				tpo_http_on_event(srv, &evs[i]);
+			else if (t->kind == TAG_BELL)
+				tpo_bell_drain(st.bell);
+			else if (t->kind == TAG_TICK && read(tickfd, &x, sizeof(x)) < 0)
+				break;
+		}
 	}
 	tpo_http_destroy(srv);
 	tpo_stage_fini(&st);

@@ -6,6 +6,7 @@
 // /completion (llamacpp), /generate_stream and /generate (tgi),
 // /v1/messages (anthropic). Commands anywhere in the prompt:
 //   [[srv:golden=FILE]]        stream tests/workers/golden/FILE
+//   [[srv:big=N]]              a non-streamed answer of N bytes of text
 //   [[srv:json=FILE]]          answer a non-streamed request with golden/FILE as its body
 //   [[srv:chunk=N]]            write the stream N bytes at a time (default 3)
 //   [[srv:status=S]]           answer HTTP S with an error JSON body
@@ -142,6 +143,10 @@ const server = http.createServer((req, res) => {
 			if (!stream && c('stall') !== null) {
 				res.setHeader('Content-Type', 'application/json');
 				return res.flushHeaders();
+			}
+			if (!stream && c('big') !== null) {
+				res.setHeader('Content-Type', 'application/json');
+				return res.end(JSON.stringify(whole(proto, chat, 'x'.repeat(Number(c('big'))))));
 			}
 			if (!stream && c('json') !== null) {
 				res.setHeader('Content-Type', 'application/json');

@@ -407,6 +407,19 @@ Test(upstream, tgi_golden_and_error_event)
 		h_assert_oai_error(out, "without an object");
 		cr_assert_eq(chat_once("plain", out, sizeof(out)), 200, "%s", out);
 	}
+	/* Regression: a whole answer longer than a ring record was cut to one
+	 * record's length; now it is split and arrives complete. */
+	{
+		static char out[400000];
+		const char *p;
+		size_t n = 0;
+		cr_assert_eq(chat_once("[[srv:big=150000]]", out, sizeof(out)), 200, "%.200s", out);
+		p = strstr(out, "\"content\":\"");
+		cr_assert(p, "%.200s", out);
+		for (p += 11; *p == 'x'; p++)
+			n++;
+		cr_assert_eq(n, 150000, "answer cut to %zu bytes", n);
+	}
 	h_stop(&in);
 }
 
