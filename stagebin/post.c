@@ -163,6 +163,7 @@ static int finish(struct tpo_stage *st, struct req *r, uint32_t finish_reason,
 	e.completion_tokens = r->tokens;
 	if (in_end && !r->stop.done && in_end->completion_tokens > r->tokens)
 		e.completion_tokens = in_end->completion_tokens;
+	e.flags = in_end ? 0 : TPO_END_EARLY;
 	r->done = 1;
 	tpo_stats_count_out(&st->stats, st->stage, st->lane, 1);
 	return tpo_stage_emit(st, tpo_stage_out_for(st, r->origin), TPO_MSG_END, r->id,

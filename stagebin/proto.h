@@ -85,10 +85,14 @@ struct tpo_msg_end {
 	uint32_t finish;         /* enum tpo_finish */
 	uint32_t prompt_tokens;
 	uint32_t completion_tokens;
-	uint32_t reserved;
+	uint32_t flags;          /* TPO_END_EARLY */
 	uint64_t infer_start_ns; /* when infer took the request (for TTFT) */
 	uint64_t first_token_ns;
 };
+
+/* Post ended the answer (stop sequence, max_tokens) before infer did: the
+ * front sends CANCEL so the model stops working on it. */
+#define TPO_END_EARLY 1u
 
 struct tpo_msg_err {
 	uint16_t status;         /* HTTP status for the client */

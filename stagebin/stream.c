@@ -577,6 +577,8 @@ static void on_end(struct sreq *r, struct tpo_http_conn *c, const struct tpo_rec
 	char hdr[256];
 	int n;
 
+	if (e && (e->flags & TPO_END_EARLY))
+		send_cancel(r, TPO_CANCEL_CLIENT);
 	if (r->stream) {
 		if (r->state != R_STREAMING)
 			start_streaming(r, c);

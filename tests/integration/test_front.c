@@ -855,3 +855,36 @@ Test(front, client_disconnect_cancels_when_infer_is_full)
 	tpo_stats_close(&st);
 	h_stop(&in);
 }
+
+/* post ends an answer early (its max_tokens cap here; a stop sequence the
+ * same): the client gets the end at once, and the model stops working. */
+Test(front, early_end_in_post_stops_inference)
+{
+	struct h_conn c;
+	struct tpo_stats st;
+	struct tpo_proc_snapshot p;
+	char body[512];
+	uint64_t end;
+	int lane;
+
+	h_start(&in, "early",
+		"{\"lanes\": 1, \"stages\": {\"post\": {\"max_tokens\": 3},"
+		" \"infer\": {\"mock\": {\"tokens_per_second\": 0}}}}");
+	h_stats_attach(&in, &st);
+	h_chat_body(body, sizeof(body), "long [[tpo:tps=20]] [[tpo:tokens=100000]]", 0, NULL);
+	h_http(&c, in.port, "POST", "/v1/chat/completions", NULL, body);
+	cr_assert_eq(c.status, 200, "%s", c.body ? c.body : "");
+	cr_assert(strstr(c.body, "\"finish_reason\":\"length\""), "%s", c.body);
+	lane = h_lane(&c);
+	h_conn_free(&c);
+	end = h_now_ms() + H_HANG_MS;
+	do {
+		h_proc(&st, TPO_STAGE_INFER, lane, &p);
+		if (p.in_flight == 0)
+			break;
+		h_sleep_ms(10);
+	} while (h_now_ms() < end);
+	cr_assert_eq(p.in_flight, 0, "infer still generates an answer post has ended");
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
