@@ -16,12 +16,42 @@
 
 #define PAD_MIN 8   /* a padding record needs only len and type */
 
-static inline void cpu_relax(void)
+/*
+ * Spinning: the first look after SPIN_FIRST pauses, then each wait half the
+ * last, down to one pause (~13 ns here). A reply that comes within a few
+ * hundred ns is seen within one pause; a consumer that keeps catching up with
+ * a fast producer reads the producer's head line less often, so the
+ * producer's commits do not keep losing the line (measured: per-record 16 B
+ * throughput halves when every look is one pause apart).
+ */
+#define SPIN_FIRST 8
+#define SPIN_CLOCK_EVERY 16   /* looks between clock reads */
+
+static inline void cpu_pause(unsigned n)
 {
 #if defined(__x86_64__) || defined(__i386__)
-	for (int k = 0; k < 32; k++)
+	while (n--)
 		__builtin_ia32_pause();
+#else
+	(void)n;
 #endif
+}
+
+/* Spins until ready(arg) or spin_ns have passed. Returns 1 if ready. */
+static int spin_until(int (*ready)(void *), void *arg, uint64_t spin_ns)
+{
+	uint64_t end = tpo_now_ns() + spin_ns;
+	unsigned k = SPIN_FIRST, looks = 0;
+
+	for (;;) {
+		cpu_pause(k);
+		if (k > 1)
+			k >>= 1;
+		if (ready(arg))
+			return 1;
+		if (++looks % SPIN_CLOCK_EVERY == 0 && tpo_now_ns() >= end)
+			return 0;
+	}
 }
 
 uint64_t tpo_now_ns(void)
@@ -159,7 +189,6 @@ int tpo_ring_commit(struct tpo_ring *r)
 
 	if (depth > atomic_load_explicit(&s->hwm, memory_order_relaxed))
 		atomic_store_explicit(&s->hwm, depth, memory_order_relaxed);
-	atomic_store_explicit(&s->prod_records, r->records, memory_order_relaxed);
 	/* Pairs with the consumer's acquire load of head in tpo_ring_peek and
 	 * tpo_ring_readable: the records' bytes are visible before head. */
 	/* A seq_cst exchange (x86: one locked xchg, cheaper than a store and
@@ -168,6 +197,9 @@ int tpo_ring_commit(struct tpo_ring *r)
 	 * single total order one side sees the other's store: no lost
 	 * wake-up. */
 	atomic_exchange_explicit(&s->head, r->pos, memory_order_seq_cst);
+	/* Statistics only, after head: a producer killed in between leaves the
+	 * count behind what was committed, never ahead of it. */
+	atomic_store_explicit(&s->prod_records, r->records, memory_order_relaxed);
 	if (atomic_load_explicit(&s->cons_sleeping, memory_order_seq_cst) &&
 	    r->peer_bell >= 0) {
 		tpo_bell_ring(r->peer_bell);
@@ -372,21 +404,40 @@ static int any_readable(struct tpo_ring *const *rings, int n)
 	return 0;
 }
 
+struct readable_arg {
+	struct tpo_ring *const *rings;
+	int n;
+};
+
+static int readable_ready(void *arg)
+{
+	struct readable_arg *a = arg;
+
+	return any_readable(a->rings, a->n);
+}
+
+struct writable_arg {
+	struct tpo_ring *r;
+	uint32_t len;
+};
+
+static int writable_ready(void *arg)
+{
+	struct writable_arg *a = arg;
+
+	return tpo_ring_writable(a->r, a->len);
+}
+
 int tpo_ring_wait(struct tpo_ring *const *rings, int n, int bell,
 		  uint64_t spin_ns, int timeout_ms)
 {
+	struct readable_arg ra = { rings, n };
 	int err;
 
 	if (any_readable(rings, n))
 		return 1;
-	if (spin_ns) {
-		uint64_t end = tpo_now_ns() + spin_ns;
-		do {
-			cpu_relax();
-			if (any_readable(rings, n))
-				return 1;
-		} while (tpo_now_ns() < end);
-	}
+	if (spin_ns && spin_until(readable_ready, &ra, spin_ns))
+		return 1;
 	if (tpo_ring_sleep_begin(rings, n))
 		return 1;
 	err = bell_sleep(bell, timeout_ms);
@@ -400,18 +451,13 @@ int tpo_ring_wait_space(struct tpo_ring *r, uint32_t len, int bell,
 			uint64_t spin_ns, int timeout_ms)
 {
 	struct tpo_ring_shm *s = r->shm;
+	struct writable_arg wa = { r, len };
 	int err;
 
 	if (tpo_ring_writable(r, len))
 		return 1;
-	if (spin_ns) {
-		uint64_t end = tpo_now_ns() + spin_ns;
-		do {
-			cpu_relax();
-			if (tpo_ring_writable(r, len))
-				return 1;
-		} while (tpo_now_ns() < end);
-	}
+	if (spin_ns && spin_until(writable_ready, &wa, spin_ns))
+		return 1;
 	/* seq_cst store of the flag then seq_cst load of tail; pairs with the
 	 * seq_cst exchange of tail and load of the flag in tpo_ring_release. */
 	atomic_store_explicit(&s->prod_sleeping, 1, memory_order_seq_cst);

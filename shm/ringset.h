@@ -34,7 +34,7 @@
 #include "shm/ring.h"
 #include "shm/seg.h"
 
-#define TPO_RINGSET_VERSION 1
+#define TPO_RINGSET_VERSION 2   /* 2: ring header 256 bytes, sleep flags on their own line */
 #define TPO_RINGSET_MAX_LANES 16
 
 enum tpo_stage_id {
