@@ -23,7 +23,8 @@
 # TPO_BENCH_SKIP="capacity overhead mockllm surge chaos memory" (scenarios to
 # skip), TPO_BENCH_MERGE=1 (skipped scenarios keep their sections from the
 # previous pipeline.json/.md, so one scenario can be re-run alone),
-# TPO_MOCKLLM_DIR (/tmp/tpo-bench-node: where npm installs mock-llm).
+# TPO_MOCKLLM_DIR (/tmp/tpo-bench-node: where npm installs mock-llm),
+# TPO_BENCH_RESULTS (bench/results: where the report goes).
 # Leaves no process and no /dev/shm/tpo.* behind, whatever happens.
 set -u
 
@@ -33,7 +34,7 @@ BUILD=${1:-build}
 case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 BENCH=$BUILD/tpo-bench
 SUP=$BUILD/tpo-supervisor
-RES=$ROOT/bench/results
+RES=${TPO_BENCH_RESULTS:-$ROOT/bench/results}
 RUNS=${TPO_BENCH_RUNS:-3}
 DUR=${TPO_BENCH_DURATION:-4}
 SKIP=" ${TPO_BENCH_SKIP:-} "
