@@ -434,8 +434,8 @@ int tpo_ring_wait(struct tpo_ring *const *rings, int n, int bell,
 	struct readable_arg ra = { rings, n };
 	int err;
 
-	if (any_readable(rings, n))
-		return 1;
+	/* No look before the first pause: callers come here after finding the
+	 * rings empty, and sleep_begin looks again before sleeping. */
 	if (spin_ns && spin_until(readable_ready, &ra, spin_ns))
 		return 1;
 	if (tpo_ring_sleep_begin(rings, n))
