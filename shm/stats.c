@@ -19,24 +19,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "supervisor/config.h"
 
 #define LD(p)     atomic_load_explicit((p), memory_order_relaxed)
 #define ST(p, v)  atomic_store_explicit((p), (v), memory_order_relaxed)
 
-/* fsm.h promises its first six states are these values (they are cast). */
-#define SAME(a, b) ((int)(a) == (int)(b))
-_Static_assert(SAME(TPO_UNIT_STOPPED, TPO_FSM_STOPPED) &&
-	       SAME(TPO_UNIT_RUNNING, TPO_FSM_RUNNING) &&
-	       SAME(TPO_UNIT_BACKOFF, TPO_FSM_BACKOFF) &&
-	       SAME(TPO_UNIT_OPEN, TPO_FSM_OPEN) &&
-	       SAME(TPO_UNIT_HALF_OPEN, TPO_FSM_HALF_OPEN) &&
-	       SAME(TPO_UNIT_FAILED, TPO_FSM_FAILED) &&
-	       SAME(TPO_UNIT_STOPPING, TPO_FSM_STOPPING), "unit states = fsm states");
-_Static_assert(SAME(TPO_STAGE_STREAM, TPO_ST_STREAM) && SAME(TPO_STAGE_RAG, TPO_ST_RAG) &&
-	       SAME(TPO_STAGE_ASSEMBLE, TPO_ST_ASSEMBLE) &&
-	       SAME(TPO_STAGE_INFER, TPO_ST_INFER) && SAME(TPO_STAGE_POST, TPO_ST_POST),
-	       "stats stages = ringset stages");
 #undef SAME
 
 static uint64_t clock_ns(clockid_t c)
@@ -211,7 +197,7 @@ static int writable(const struct tpo_stats *st)
 	return st->shm && st->seg.writable;
 }
 
-void tpo_stats_set_instance(struct tpo_stats *st, const struct tpo_config *cfg,
+void tpo_stats_set_instance(struct tpo_stats *st, const char *listen,
 			    const int *cpus, int nlanes)
 {
 	struct tpo_stats_hdr *h;
@@ -224,7 +210,7 @@ void tpo_stats_set_instance(struct tpo_stats *st, const struct tpo_config *cfg,
 	ST(&h->nlanes, (uint32_t)nlanes);
 	for (int l = 0; l < TPO_MAX_LANES; l++)
 		ST(&h->lane_cpu[l], cpus && l < nlanes ? cpus[l] : -1);
-	put_str(h->listen, TPO_STATS_LISTEN_LEN / 8, cfg ? cfg->listen : NULL);
+	put_str(h->listen, TPO_STATS_LISTEN_LEN / 8, listen);
 	seq_write_end(&h->seq, s);
 }
 

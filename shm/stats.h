@@ -369,7 +369,6 @@ struct tpo_stats_sup_info {
 	uint64_t state_since_ns;
 };
 
-struct tpo_config;
 
 /* ---- lifetime ---------------------------------------------------------- */
 
@@ -397,9 +396,9 @@ void tpo_stats_destroy(struct tpo_stats *st);
 
 /* ---- supervisor writers ------------------------------------------------ */
 
-/* Instance header: listen address (cfg->listen, may be NULL), lane -> cpu
+/* Instance header: listen address (may be NULL), lane -> cpu
  * map of nlanes entries (cpus may be NULL: unpinned). */
-void tpo_stats_set_instance(struct tpo_stats *st, const struct tpo_config *cfg,
+void tpo_stats_set_instance(struct tpo_stats *st, const char *listen,
 			    const int *cpus, int nlanes);
 void tpo_stats_set_draining(struct tpo_stats *st, int on);
 

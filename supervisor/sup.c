@@ -36,6 +36,22 @@
 #include "supervisor/fsm.h"
 #include "supervisor/topology.h"
 
+/* The stats segment's unit states and stage numbers are fsm.h's and
+ * config.h's (sup.c casts between them); shm/ does not see supervisor/. */
+#define SAME(a, b) ((int)(a) == (int)(b))
+_Static_assert(SAME(TPO_UNIT_STOPPED, TPO_FSM_STOPPED) &&
+	       SAME(TPO_UNIT_RUNNING, TPO_FSM_RUNNING) &&
+	       SAME(TPO_UNIT_BACKOFF, TPO_FSM_BACKOFF) &&
+	       SAME(TPO_UNIT_OPEN, TPO_FSM_OPEN) &&
+	       SAME(TPO_UNIT_HALF_OPEN, TPO_FSM_HALF_OPEN) &&
+	       SAME(TPO_UNIT_FAILED, TPO_FSM_FAILED) &&
+	       SAME(TPO_UNIT_STOPPING, TPO_FSM_STOPPING), "unit states = fsm states");
+_Static_assert(SAME(TPO_STAGE_STREAM, TPO_ST_STREAM) && SAME(TPO_STAGE_RAG, TPO_ST_RAG) &&
+	       SAME(TPO_STAGE_ASSEMBLE, TPO_ST_ASSEMBLE) &&
+	       SAME(TPO_STAGE_INFER, TPO_ST_INFER) && SAME(TPO_STAGE_POST, TPO_ST_POST),
+	       "stats stages = ringset stages");
+#undef SAME
+
 #define TICK_MS          50
 #define BELL_BASE        200     /* doorbell fds live at BELL_BASE.. in every child */
 #define STOP_GRACE_MS    3000    /* per stage, after SIGTERM, before SIGKILL */
@@ -612,7 +628,7 @@ int tpo_sup_run(const struct tpo_config *cfg, const char *config_path)
 			       s->name, tpo_seg_strerror(e));
 		goto out;
 	}
-	tpo_stats_set_instance(&s->stats, cfg, s->cpus, s->nlanes);
+	tpo_stats_set_instance(&s->stats, cfg->listen, s->cpus, s->nlanes);
 	memset(&spec, 0, sizeof(spec));
 	spec.nlanes = (uint32_t)s->nlanes;
 	spec.max_len = cfg->rings.max_record;

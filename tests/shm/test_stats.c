@@ -64,14 +64,12 @@ Test(stats, create_attach_info)
 {
 	struct tpo_stats st, rd;
 	struct tpo_stats_info info;
-	static struct tpo_config cfg;
 	int cpus[3] = { 4, 5, 6 };
 
 	create(&st, 3);
 	cr_assert_eq(st.seg.size, sizeof(struct tpo_stats_shm));
 	cr_assert_eq(st.shm->seg.version, TPO_STATS_VERSION);
-	strcpy(cfg.listen, "127.0.0.1:8080");
-	tpo_stats_set_instance(&st, &cfg, cpus, 3);
+	tpo_stats_set_instance(&st, "127.0.0.1:8080", cpus, 3);
 
 	cr_assert_eq(tpo_stats_attach(&rd, inst(), 0), 0);
 	cr_assert_eq(rd.seg.writable, 0);
