@@ -888,3 +888,74 @@ Test(front, early_end_in_post_stops_inference)
 	tpo_stats_close(&st);
 	h_stop(&in);
 }
+
+/*
+ * A token longer than one SSE chunk can carry (the echo plugin answers a
+ * 40,001-byte word as one token) is streamed as several chunks, each cut
+ * between UTF-8 characters and valid on its own, and together the word
+ * arrives whole and once.
+ */
+Test(front, long_token_streams_in_pieces)
+{
+	enum { CHARS = 20000 };
+	static char cfg[1024], ev[1 << 17], s[1 << 16], text[1 << 17];
+	char build[512], *word, *body;
+	size_t wl = 1 + 2 * CHARS, tl = 0, biggest = 0;
+	int chunks = 0, done = 0, r;
+	struct h_conn c;
+
+	if (!realpath(h_build(), build))
+		cr_assert_fail("no build dir %s", h_build());
+	snprintf(cfg, sizeof(cfg),
+		 "{\"lanes\": 1, \"stages\": {\"assemble\": {\"max_prompt_bytes\": 60000},"
+		 " \"infer\": {\"worker\": \"plugin\", \"plugin\": {\"path\": \"%s/plugins/echo.so\","
+		 " \"options\": \"tokens=4\"}}}}", build);
+	h_start(&in, "longtok", cfg);
+	/* "a" then 20000 two-byte characters: a cut at an even byte offset
+	 * would fall inside a character. */
+	word = malloc(wl + 1);
+	body = malloc(wl + 256);
+	cr_assert(word && body);
+	word[0] = 'a';
+	for (size_t i = 0; i < CHARS; i++)
+		memcpy(word + 1 + 2 * i, "\xc3\xa9", 2);
+	word[wl] = 0;
+	h_chat_body(body, wl + 256, word, 1, NULL);
+	h_open(&c, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+	cr_assert_eq(c.status, 200, "status %d", c.status);
+	while ((r = h_sse_next(&c, ev, sizeof(ev))) == 1) {
+		struct h_json j;
+		int n;
+
+		if (!strcmp(ev, "[DONE]")) {
+			done = 1;
+			continue;
+		}
+		cr_assert_eq(h_json_parse(&j, ev), 0, "event is not JSON: %.200s", ev);
+		cr_assert_lt(h_json_at(&j, "error"), 0, "error event: %.300s", ev);
+		if (h_json_size(&j, "choices") == 1 &&
+		    h_json_null(&j, "choices.0.finish_reason")) {
+			n = h_json_str(&j, "choices.0.delta.content", s, sizeof(s));
+			cr_assert_geq(n, 0, "no content in %.200s", ev);
+			cr_assert(tpo_utf8_valid(s, (size_t)n), "chunk %d is not valid UTF-8 alone", chunks);
+			cr_assert_lt(tl + (size_t)n, sizeof(text));
+			memcpy(text + tl, s, (size_t)n);
+			tl += (size_t)n;
+			if ((size_t)n > biggest)
+				biggest = (size_t)n;
+			chunks++;
+		}
+		h_json_free(&j);
+	}
+	text[tl] = 0;
+	cr_assert_eq(r, 0, "stream broke off");
+	cr_assert(done, "no [DONE]");
+	cr_assert_lt(biggest, wl, "the word came in one chunk of %zu bytes", biggest);
+	cr_assert_geq(chunks, 3, "%d chunks", chunks);
+	cr_assert(strstr(text, word), "the word did not arrive whole (%zu bytes of text)", tl);
+	cr_assert_null(strstr(strstr(text, word) + 1, word), "the word arrived twice");
+	free(word);
+	free(body);
+	h_conn_free(&c);
+	h_stop(&in);
+}
