@@ -14,6 +14,16 @@
  * peer closes or TPO_HTTP_LINGER_MS pass, so an error response is not lost
  * to a RST caused by unread request bytes.
  *
+ * Memory. Idle cost must not scale with max_conns: the slot table is
+ * calloc'd (untouched pages cost nothing) and slots are initialised when
+ * first handed out. A connection owns buffers only while it needs them:
+ * input is read into one buffer of the server and parsed from there (the
+ * parser copies url, headers and body out as it goes); only bytes left
+ * unparsed (pipelined behind a request in progress) are copied into a
+ * buffer of the connection, freed once parsed. Header strings and body live
+ * from a request's first byte to its end (or tpo_http_req_done); output is
+ * buffered only after a short write and freed once drained.
+ *
  * A dead connection becomes a ZOMBIE: fd closed, lookups fail, but the slot
  * is only recycled from the pending list (processed at the end of
  * tpo_http_on_event or from the timerfd), where on_close is delivered if a
@@ -74,27 +84,41 @@ struct tpo_http_conn {
 	uint8_t pending;                /* on srv->pending */
 	uint8_t shut, peer_eof;
 	uint8_t hstate;
+	uint8_t ishared;                /* [ioff, ioff+ilen) is in srv->rbuf */
+	uint8_t in_parse;               /* inside http_parser_execute on m */
 	uint16_t err_status;
 	const char *err_msg;
+	uint8_t http_major, http_minor; /* of the request, for the response */
+	uint8_t keep_alive;             /* the request allows keep-alive */
 	uint64_t deadline;
 	struct list tnode, pnode;
-	http_parser parser;
 	uint32_t hdr_fed;               /* bytes fed to the parser in IDLE/HEAD */
+	struct msg *m;                  /* the request being received or served */
 
-	char *ibuf;                     /* IBUF_SIZE; unparsed [ioff, ioff+ilen) */
-	uint32_t ioff, ilen;
-	char *hbuf;                     /* url and header strings, fixed size */
-	uint32_t hlen, hcap;
-	uint32_t url_len;
-	struct tpo_http_header *hdrs;   /* max_headers entries, after hbuf */
-	char *body;
-	size_t blen, bcap;
+	char *ibuf;                     /* owned: unparsed [ioff, ioff+ilen), icap */
+	uint32_t ioff, ilen, icap;
+	uint32_t fnext;                 /* next on the free FIFO */
 	char *obuf;                     /* unsent output [ooff, ooff+olen) */
-	size_t ooff, olen, ocap;
-
-	struct tpo_http_req req;
+	uint32_t ooff, olen, ocap;      /* <= out_cap_bytes */
 	void *user;
 	uint64_t user64;
+};
+
+/*
+ * One request from its first byte until it ends (or tpo_http_req_done):
+ * parser, the struct handed to on_request, header strings and body. One
+ * allocation (but the body), freed with the request, so a connection
+ * between requests, or waiting for its answer, holds none of it.
+ */
+struct msg {
+	http_parser parser;
+	struct tpo_http_req req;
+	struct tpo_http_header *hdrs;   /* max_headers entries, after this */
+	char *hbuf;                     /* url and header strings, after hdrs */
+	uint32_t hlen, hcap;
+	uint32_t url_len;
+	char *body;
+	size_t blen, bcap;
 };
 
 struct listener {
@@ -114,9 +138,10 @@ struct tpo_http_server {
 	uint8_t draining, accept_paused, timer_on;
 	int in_event;
 	uint32_t nconns, nactive;
-	struct tpo_http_conn *conns;
-	uint32_t *freeq;                /* FIFO of free slots */
-	uint32_t fq_head, fq_len;       /* index of the oldest free slot, count */
+	struct tpo_http_conn *conns;    /* max_conns, [0, hwm) initialised */
+	uint32_t hwm;
+	uint32_t fq_head, fq_tail, fq_len; /* FIFO of recycled slots (fnext) */
+	char *rbuf;                     /* IBUF_SIZE: every read lands here */
 	struct list tl[TL_COUNT];
 	uint32_t tl_ms[TL_COUNT];
 	struct list pending;
@@ -249,16 +274,51 @@ const char *tpo_http_reason(int status)
 
 /* ---- connection lifetime --------------------------------------------- */
 
+static void msg_free(struct tpo_http_conn *c)
+{
+	if (c->m) {
+		free(c->m->body);
+		free(c->m);
+		c->m = NULL;
+	}
+}
+
+/* A fresh parser too: each request starts one (the last stopped at its
+ * message end, the state a new parser starts in). */
+static int msg_new(struct tpo_http_conn *c)
+{
+	const struct tpo_http_config *cfg = &c->srv->cfg;
+	size_t hcap = (size_t)cfg->max_header_bytes + 2u * cfg->max_headers + 8u;
+	struct msg *m;
+
+	m = malloc(sizeof(*m) + cfg->max_headers * sizeof(*m->hdrs) + hcap);
+	if (!m)
+		return -ENOMEM;
+	http_parser_init(&m->parser, HTTP_REQUEST);
+	m->parser.data = c;
+	memset(&m->req, 0, sizeof(m->req));
+	m->hdrs = (struct tpo_http_header *)(void *)(m + 1);
+	m->hbuf = (char *)(m->hdrs + cfg->max_headers);
+	m->hcap = (uint32_t)hcap;
+	m->hlen = m->url_len = 0;
+	m->body = NULL;
+	m->blen = m->bcap = 0;
+	c->m = m;
+	return 0;
+}
+
 static void conn_free_bufs(struct tpo_http_conn *c)
 {
 	free(c->ibuf);
-	free(c->hbuf);
-	free(c->body);
 	free(c->obuf);
-	c->ibuf = c->hbuf = c->body = c->obuf = NULL;
-	c->hdrs = NULL;
-	c->ioff = c->ilen = c->hlen = c->hcap = 0;
-	c->blen = c->bcap = c->ooff = c->olen = c->ocap = 0;
+	/* A send failing inside a parser callback releases c: the parser
+	 * still runs on m, which conn_parse frees once it returns. */
+	if (!c->in_parse)
+		msg_free(c);
+	c->ibuf = c->obuf = NULL;
+	c->ishared = 0;
+	c->ioff = c->ilen = c->icap = 0;
+	c->ooff = c->olen = c->ocap = 0;
 }
 
 /* Closes the socket now; the slot is recycled (and on_close delivered if a
@@ -286,7 +346,42 @@ static void slot_recycle(struct tpo_http_conn *c)
 	c->phase = PH_FREE;
 	c->user = NULL;
 	c->user64 = 0;
-	srv->freeq[(srv->fq_head + srv->fq_len++) % srv->cfg.max_conns] = c->slot;
+	c->fnext = UINT32_MAX;
+	if (srv->fq_len++ == 0)
+		srv->fq_head = c->slot;
+	else
+		srv->conns[srv->fq_tail].fnext = c->slot;
+	srv->fq_tail = c->slot;
+}
+
+/*
+ * Recycled slots are reused FIFO, and only once FQ_MIN of them wait (or the
+ * table is full), so an event of the same epoll batch for a just-closed
+ * connection rarely meets a new one; otherwise a fresh slot is initialised,
+ * so the pages touched follow the peak number of connections, not max_conns.
+ * NULL when every slot is taken.
+ */
+#define FQ_MIN 64u
+
+static struct tpo_http_conn *slot_take(struct tpo_http_server *srv)
+{
+	struct tpo_http_conn *c;
+
+	if (srv->fq_len > FQ_MIN || (srv->fq_len > 0 && srv->hwm == srv->cfg.max_conns)) {
+		c = &srv->conns[srv->fq_head];
+		srv->fq_head = c->fnext;
+		srv->fq_len--;
+		return c;
+	}
+	if (srv->hwm == srv->cfg.max_conns)
+		return NULL;
+	c = &srv->conns[srv->hwm];
+	c->tag.kind = TPO_TAG_CONN;
+	c->srv = srv;
+	c->slot = srv->hwm++;
+	c->fd = -1;
+	c->phase = PH_FREE;
+	return c;
 }
 
 static void flush_out(struct tpo_http_conn *c);
@@ -321,14 +416,14 @@ static int obuf_append(struct tpo_http_conn *c, const char *p, size_t n)
 {
 	size_t cap = c->srv->cfg.out_cap_bytes;
 
-	if (c->olen + n > cap)
+	if ((size_t)c->olen + n > cap)
 		return -ENOBUFS;
-	if (c->ooff + c->olen + n > c->ocap) {
+	if ((size_t)c->ooff + c->olen + n > c->ocap) {
 		if (c->ooff > 0) {
 			memmove(c->obuf, c->obuf + c->ooff, c->olen);
 			c->ooff = 0;
 		}
-		if (c->olen + n > c->ocap) {
+		if ((size_t)c->olen + n > c->ocap) {
 			size_t nc = c->ocap ? c->ocap : OBUF_MIN;
 			char *nb;
 
@@ -340,11 +435,11 @@ static int obuf_append(struct tpo_http_conn *c, const char *p, size_t n)
 			if (!nb)
 				return -ENOMEM;
 			c->obuf = nb;
-			c->ocap = nc;
+			c->ocap = (uint32_t)nc;
 		}
 	}
 	memcpy(c->obuf + c->ooff + c->olen, p, n);
-	c->olen += n;
+	c->olen += (uint32_t)n;
 	return 0;
 }
 
@@ -402,10 +497,13 @@ static void flush_out(struct tpo_http_conn *c)
 				conn_release(c);
 			return;
 		}
-		c->ooff += (size_t)w;
-		c->olen -= (size_t)w;
+		c->ooff += (uint32_t)w;
+		c->olen -= (uint32_t)w;
 	}
-	c->ooff = 0;
+	/* Drained: a connection holds no output memory between writes. */
+	free(c->obuf);
+	c->obuf = NULL;
+	c->ooff = c->ocap = 0;
 	if (c->phase == PH_CLOSING)
 		conn_shutdown(c);
 }
@@ -422,7 +520,7 @@ static int format_head(struct tpo_http_conn *c, char *buf, size_t cap, int statu
 
 	if (c->close_req)
 		conn_hdr = "Connection: close\r\n";
-	else if (c->req.http_major == 1 && c->req.http_minor == 0)
+	else if (c->http_major == 1 && c->http_minor == 0)
 		conn_hdr = "Connection: keep-alive\r\n";
 	n = snprintf(buf, cap, "HTTP/1.1 %d %s\r\n%s%s%s%s", status, tpo_http_reason(status),
 		     ctype ? "Content-Type: " : "", ctype ? ctype : "", ctype ? "\r\n" : "", conn_hdr);
@@ -450,6 +548,12 @@ static int check_active(const struct tpo_http_conn *c)
 	return 0;
 }
 
+void tpo_http_req_done(struct tpo_http_conn *c)
+{
+	if (check_active(c) == 0)
+		msg_free(c);
+}
+
 /* The caller has ended the request: next request, or close. */
 static void end_request(struct tpo_http_conn *c)
 {
@@ -466,6 +570,7 @@ static void end_request(struct tpo_http_conn *c)
 	srv->nactive--;
 	if (c->phase == PH_ZOMBIE)
 		return;
+	msg_free(c);
 	if (c->close_req) {
 		conn_closing(c);
 		return;
@@ -484,7 +589,7 @@ static void end_request(struct tpo_http_conn *c)
 
 static void note_close(struct tpo_http_conn *c)
 {
-	if (!c->req.keep_alive || c->srv->draining)
+	if (!c->keep_alive || c->srv->draining)
 		c->close_req = 1;
 }
 
@@ -527,7 +632,7 @@ int tpo_http_stream_begin(struct tpo_http_conn *c, int status, const char *conte
 	if (c->streaming)
 		return -EINVAL;
 	note_close(c);
-	if (c->req.http_major == 1 && c->req.http_minor == 0) {
+	if (c->http_major == 1 && c->http_minor == 0) {
 		/* No chunked coding in HTTP/1.0: the close delimits the body. */
 		c->stream_raw = 1;
 		c->close_req = 1;
@@ -633,8 +738,8 @@ static void conn_abort(struct tpo_http_conn *c, int status, const char *message)
 	if (c->phase == PH_ZOMBIE || c->phase == PH_CLOSING)
 		return;
 	c->close_req = 1;
-	c->req.http_major = 1;
-	c->req.http_minor = 1;
+	c->http_major = 1;
+	c->http_minor = 1;
 	c->stream_raw = 0;
 	b = format_error(body, sizeof(body), status, message);
 	n = format_head(c, head, sizeof(head), status, "application/json", b);
@@ -659,47 +764,41 @@ static int fail(struct tpo_http_conn *c, int status, const char *msg)
 
 static int hbuf_put(struct tpo_http_conn *c, const char *at, size_t len)
 {
+	struct msg *m = c->m;
+
 	/* hcap leaves room for a NUL per string, so running out here means
 	 * the header section is over max_header_bytes. */
-	if ((size_t)c->hlen + len + 1 > c->hcap)
+	if ((size_t)m->hlen + len + 1 > m->hcap)
 		return fail(c, 431, "request header section too large");
-	memcpy(c->hbuf + c->hlen, at, len);
-	c->hlen += (uint32_t)len;
+	memcpy(m->hbuf + m->hlen, at, len);
+	m->hlen += (uint32_t)len;
 	return 0;
 }
 
 static int hbuf_nul(struct tpo_http_conn *c)
 {
-	if (c->hlen >= c->hcap)
+	struct msg *m = c->m;
+
+	if (m->hlen >= m->hcap)
 		return fail(c, 431, "request header section too large");
-	c->hbuf[c->hlen++] = '\0';
+	m->hbuf[m->hlen++] = '\0';
 	return 0;
 }
 
 static int on_message_begin(http_parser *p)
 {
 	struct tpo_http_conn *c = p->data;
-	struct tpo_http_server *srv = c->srv;
+	struct msg *m = c->m;
 
-	if (!c->hbuf) {
-		size_t cap = (size_t)srv->cfg.max_header_bytes + 2u * srv->cfg.max_headers + 8u;
-		size_t al = (cap + 15u) & ~(size_t)15u;
-
-		c->hbuf = malloc(al + srv->cfg.max_headers * sizeof(*c->hdrs));
-		if (!c->hbuf)
-			return fail(c, 503, "out of memory");
-		c->hcap = (uint32_t)cap;
-		c->hdrs = (struct tpo_http_header *)(void *)(c->hbuf + al);
-	}
-	c->hlen = 0;
-	c->url_len = 0;
+	m->hlen = 0;
+	m->url_len = 0;
 	c->hstate = HS_URL;
-	c->blen = 0;
+	m->blen = 0;
 	c->no_body = 0;
 	c->stream_raw = 0;
 	c->close_req = 0;
-	memset(&c->req, 0, sizeof(c->req));
-	c->req.headers = c->hdrs;
+	memset(&m->req, 0, sizeof(m->req));
+	m->req.headers = m->hdrs;
 	/* The header deadline runs from accept or from the first byte after
 	 * an idle keep-alive period. */
 	if (c->tl != TL_HEAD)
@@ -711,8 +810,9 @@ static int on_message_begin(http_parser *p)
 static int on_url(http_parser *p, const char *at, size_t len)
 {
 	struct tpo_http_conn *c = p->data;
+	struct msg *m = c->m;
 
-	if (c->hlen + len > c->srv->cfg.max_header_line)
+	if (m->hlen + len > c->srv->cfg.max_header_line)
 		return fail(c, 414, "request URI too long");
 	return hbuf_put(c, at, len);
 }
@@ -720,22 +820,23 @@ static int on_url(http_parser *p, const char *at, size_t len)
 /* Ends the string being collected (url, name or value). */
 static int close_string(struct tpo_http_conn *c)
 {
+	struct msg *m = c->m;
 	struct tpo_http_header *h;
 
 	switch (c->hstate) {
 	case HS_URL:
-		c->url_len = c->hlen;
+		m->url_len = m->hlen;
 		break;
 	case HS_FIELD:
-		h = &c->hdrs[c->req.nheaders - 1];
-		h->name_len = (uint32_t)(c->hbuf + c->hlen - h->name);
+		h = &m->hdrs[m->req.nheaders - 1];
+		h->name_len = (uint32_t)(m->hbuf + m->hlen - h->name);
 		break;
 	case HS_VALUE:
-		h = &c->hdrs[c->req.nheaders - 1];
-		while (c->hbuf + c->hlen > h->value &&
-		       (c->hbuf[c->hlen - 1] == ' ' || c->hbuf[c->hlen - 1] == '\t'))
-			c->hlen--;
-		h->value_len = (uint32_t)(c->hbuf + c->hlen - h->value);
+		h = &m->hdrs[m->req.nheaders - 1];
+		while (m->hbuf + m->hlen > h->value &&
+		       (m->hbuf[m->hlen - 1] == ' ' || m->hbuf[m->hlen - 1] == '\t'))
+			m->hlen--;
+		h->value_len = (uint32_t)(m->hbuf + m->hlen - h->value);
 		break;
 	}
 	return hbuf_nul(c);
@@ -744,21 +845,22 @@ static int close_string(struct tpo_http_conn *c)
 static int on_header_field(http_parser *p, const char *at, size_t len)
 {
 	struct tpo_http_conn *c = p->data;
+	struct msg *m = c->m;
 	struct tpo_http_header *h;
 
 	if (c->hstate != HS_FIELD) {
 		if (close_string(c) < 0)
 			return -1;
-		if (c->req.nheaders == c->srv->cfg.max_headers)
+		if (m->req.nheaders == c->srv->cfg.max_headers)
 			return fail(c, 431, "too many request header fields");
-		h = &c->hdrs[c->req.nheaders++];
-		h->name = c->hbuf + c->hlen;
+		h = &m->hdrs[m->req.nheaders++];
+		h->name = m->hbuf + m->hlen;
 		h->value = "";
 		h->name_len = h->value_len = 0;
 		c->hstate = HS_FIELD;
 	}
-	h = &c->hdrs[c->req.nheaders - 1];
-	if ((size_t)(c->hbuf + c->hlen - h->name) + len > c->srv->cfg.max_header_line)
+	h = &m->hdrs[m->req.nheaders - 1];
+	if ((size_t)(m->hbuf + m->hlen - h->name) + len > c->srv->cfg.max_header_line)
 		return fail(c, 431, "request header field too large");
 	return hbuf_put(c, at, len);
 }
@@ -766,43 +868,45 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
 static int on_header_value(http_parser *p, const char *at, size_t len)
 {
 	struct tpo_http_conn *c = p->data;
-	struct tpo_http_header *h = &c->hdrs[c->req.nheaders - 1];
+	struct msg *m = c->m;
+	struct tpo_http_header *h = &m->hdrs[m->req.nheaders - 1];
 
 	if (c->hstate != HS_VALUE) {
 		if (close_string(c) < 0)
 			return -1;
-		h->value = c->hbuf + c->hlen;
+		h->value = m->hbuf + m->hlen;
 		c->hstate = HS_VALUE;
 	}
-	if (h->name_len + (size_t)(c->hbuf + c->hlen - h->value) + len > c->srv->cfg.max_header_line)
+	if (h->name_len + (size_t)(m->hbuf + m->hlen - h->value) + len > c->srv->cfg.max_header_line)
 		return fail(c, 431, "request header field too large");
 	return hbuf_put(c, at, len);
 }
 
 static void split_url(struct tpo_http_conn *c)
 {
+	struct msg *m = c->m;
 	struct http_parser_url u;
-	char *url = c->hbuf;
+	char *url = m->hbuf;
 	char *pe = NULL, *qe = NULL;
 
-	c->req.path = url;
-	c->req.path_len = c->url_len;
-	c->req.query = "";
-	c->req.query_len = 0;
+	m->req.path = url;
+	m->req.path_len = m->url_len;
+	m->req.query = "";
+	m->req.query_len = 0;
 	http_parser_url_init(&u);
-	if (http_parser_parse_url(url, c->url_len, c->parser.method == HTTP_CONNECT, &u) != 0)
+	if (http_parser_parse_url(url, m->url_len, m->parser.method == HTTP_CONNECT, &u) != 0)
 		return;
 	if (u.field_set & (1u << UF_PATH)) {
-		c->req.path = url + u.field_data[UF_PATH].off;
-		c->req.path_len = u.field_data[UF_PATH].len;
+		m->req.path = url + u.field_data[UF_PATH].off;
+		m->req.path_len = u.field_data[UF_PATH].len;
 		pe = url + u.field_data[UF_PATH].off + u.field_data[UF_PATH].len;
 	} else {
-		c->req.path = "/";
-		c->req.path_len = 1;
+		m->req.path = "/";
+		m->req.path_len = 1;
 	}
 	if (u.field_set & (1u << UF_QUERY)) {
-		c->req.query = url + u.field_data[UF_QUERY].off;
-		c->req.query_len = u.field_data[UF_QUERY].len;
+		m->req.query = url + u.field_data[UF_QUERY].off;
+		m->req.query_len = u.field_data[UF_QUERY].len;
 		qe = url + u.field_data[UF_QUERY].off + u.field_data[UF_QUERY].len;
 	}
 	/* Both ends fall on '?', '#' or the url's NUL: terminate in place. */
@@ -815,6 +919,7 @@ static void split_url(struct tpo_http_conn *c)
 static int on_headers_complete(http_parser *p)
 {
 	struct tpo_http_conn *c = p->data;
+	struct msg *m = c->m;
 	struct tpo_http_server *srv = c->srv;
 	const char *te, *expect;
 	int has_body;
@@ -823,21 +928,24 @@ static int on_headers_complete(http_parser *p)
 	if (close_string(c) < 0)
 		return -1;
 	split_url(c);
-	c->req.method = p->method;
-	c->req.method_str = http_method_str((enum http_method)p->method);
-	c->req.http_major = p->http_major;
-	c->req.http_minor = p->http_minor;
-	c->req.keep_alive = http_should_keep_alive(p);
+	m->req.method = p->method;
+	m->req.method_str = http_method_str((enum http_method)p->method);
+	m->req.http_major = p->http_major;
+	m->req.http_minor = p->http_minor;
+	m->req.keep_alive = http_should_keep_alive(p);
+	c->http_major = (uint8_t)p->http_major;
+	c->http_minor = (uint8_t)p->http_minor;
+	c->keep_alive = (uint8_t)m->req.keep_alive;
 	c->no_body = p->method == HTTP_HEAD;
-	for (i = 0; i < c->req.nheaders; i++) {
-		te = c->hdrs[i].value;
-		if (strcasecmp(c->hdrs[i].name, "transfer-encoding") == 0 && strcasecmp(te, "chunked") != 0)
+	for (i = 0; i < m->req.nheaders; i++) {
+		te = m->hdrs[i].value;
+		if (strcasecmp(m->hdrs[i].name, "transfer-encoding") == 0 && strcasecmp(te, "chunked") != 0)
 			return fail(c, 501, "unsupported Transfer-Encoding");
 	}
 	if ((p->flags & F_CONTENTLENGTH) && p->content_length > srv->cfg.max_body_bytes)
 		return fail(c, 413, "request body too large");
 	has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENTLENGTH) && p->content_length > 0);
-	expect = tpo_http_header(&c->req, "expect");
+	expect = tpo_http_header(&m->req, "expect");
 	if (expect) {
 		if (strcasecmp(expect, "100-continue") != 0)
 			return fail(c, 417, "unsupported Expect");
@@ -848,11 +956,11 @@ static int on_headers_complete(http_parser *p)
 				return -1;
 		}
 	}
-	if (has_body && c->bcap == 0 && (p->flags & F_CONTENTLENGTH)) {
-		c->body = malloc(p->content_length + 1);
-		if (!c->body)
+	if (has_body && m->bcap == 0 && (p->flags & F_CONTENTLENGTH)) {
+		m->body = malloc(p->content_length + 1);
+		if (!m->body)
 			return fail(c, 503, "out of memory");
-		c->bcap = p->content_length + 1;
+		m->bcap = p->content_length + 1;
 	}
 	c->phase = PH_BODY;
 	if (has_body)
@@ -865,8 +973,9 @@ static int on_headers_complete(http_parser *p)
 static int on_chunk_header(http_parser *p)
 {
 	struct tpo_http_conn *c = p->data;
+	struct msg *m = c->m;
 
-	if (p->content_length > c->srv->cfg.max_body_bytes - c->blen)
+	if (p->content_length > c->srv->cfg.max_body_bytes - m->blen)
 		return fail(c, 413, "request body too large");
 	return 0;
 }
@@ -874,39 +983,42 @@ static int on_chunk_header(http_parser *p)
 static int on_body(http_parser *p, const char *at, size_t len)
 {
 	struct tpo_http_conn *c = p->data;
+	struct msg *m = c->m;
 	uint64_t max = c->srv->cfg.max_body_bytes;
 
-	if (len > max - c->blen)
+	if (len > max - m->blen)
 		return fail(c, 413, "request body too large");
-	if (c->blen + len + 1 > c->bcap) {
-		size_t nc = c->bcap ? c->bcap : BODY_MIN;
+	if (m->blen + len + 1 > m->bcap) {
+		size_t nc = m->bcap ? m->bcap : BODY_MIN;
 		char *nb;
 
-		while (nc < c->blen + len + 1)
+		while (nc < m->blen + len + 1)
 			nc *= 2;
 		if (nc > max + 1)
 			nc = max + 1;
-		nb = realloc(c->body, nc);
+		nb = realloc(m->body, nc);
 		if (!nb)
 			return fail(c, 503, "out of memory");
-		c->body = nb;
-		c->bcap = nc;
+		m->body = nb;
+		m->bcap = nc;
 	}
-	memcpy(c->body + c->blen, at, len);
-	c->blen += len;
+	memcpy(m->body + m->blen, at, len);
+	m->blen += len;
 	return 0;
 }
 
 static int on_message_complete(http_parser *p)
 {
 	struct tpo_http_conn *c = p->data;
+	struct msg *m = c->m;
 
-	c->req.keep_alive = http_should_keep_alive(p) && !p->upgrade &&
+	m->req.keep_alive = http_should_keep_alive(p) && !p->upgrade &&
 			    !(p->flags & F_UPGRADE);
-	if (c->body)
-		c->body[c->blen] = '\0';
-	c->req.body = c->body ? c->body : "";
-	c->req.body_len = c->blen;
+	c->keep_alive = (uint8_t)m->req.keep_alive;
+	if (m->body)
+		m->body[m->blen] = '\0';
+	m->req.body = m->body ? m->body : "";
+	m->req.body_len = m->blen;
 	c->phase = PH_ACTIVE;
 	c->hdr_fed = 0;
 	tl_disarm(c);
@@ -927,9 +1039,18 @@ static int conn_parse(struct tpo_http_conn *c)
 
 	if (in_head && n > cfg->max_header_bytes + 1u - c->hdr_fed)
 		n = cfg->max_header_bytes + 1u - c->hdr_fed;
-	got = http_parser_execute(&c->parser, &settings, c->ibuf + c->ioff, n);
-	if (c->phase == PH_ZOMBIE)
+	if (!c->m && msg_new(c) < 0) {
+		conn_abort(c, 503, "out of memory");
 		return 0;
+	}
+	c->in_parse = 1;
+	got = http_parser_execute(&c->m->parser, &settings,
+				  (c->ishared ? c->srv->rbuf : c->ibuf) + c->ioff, n);
+	c->in_parse = 0;
+	if (c->phase == PH_ZOMBIE) {
+		msg_free(c);
+		return 0;
+	}
 	if (in_head)
 		c->hdr_fed += (uint32_t)got;
 	c->ioff += (uint32_t)got;
@@ -938,9 +1059,9 @@ static int conn_parse(struct tpo_http_conn *c)
 		conn_abort(c, c->err_status, c->err_msg);
 		return 0;
 	}
-	e = HTTP_PARSER_ERRNO(&c->parser);
+	e = HTTP_PARSER_ERRNO(&c->m->parser);
 	if (e == HPE_PAUSED) {
-		http_parser_pause(&c->parser, 0);
+		http_parser_pause(&c->m->parser, 0);
 		return 1;
 	}
 	if (e == HPE_HEADER_OVERFLOW) {
@@ -954,7 +1075,8 @@ static int conn_parse(struct tpo_http_conn *c)
 		conn_abort(c, 400, msg);
 	} else if (c->phase == PH_ACTIVE) {
 		/* Upgrade: the parser stopped without a pause. */
-		c->req.keep_alive = 0;
+		c->m->req.keep_alive = 0;
+		c->keep_alive = 0;
 		return 1;
 	} else if ((c->phase == PH_IDLE || c->phase == PH_HEAD) && c->hdr_fed > cfg->max_header_bytes) {
 		conn_abort(c, 431, "request header section too large");
@@ -969,36 +1091,100 @@ static void dispatch(struct tpo_http_conn *c)
 	c->active = 1;
 	c->streaming = 0;
 	srv->nactive++;
-	if (!c->req.keep_alive || srv->draining)
+	if (!c->keep_alive || srv->draining)
 		c->close_req = 1;
 	c->in_cb = 1;
-	srv->cb.on_request(c, &c->req, srv->arg);
+	srv->cb.on_request(c, &c->m->req, srv->arg);
 	c->in_cb = 0;
 }
 
-/* Reads once into ibuf; 1 data, 0 nothing more now, -1 c was released. */
+/*
+ * Settles input after a parse: bytes still unparsed in the server's buffer
+ * move to a buffer of c's own (the next read reuses the server's); an
+ * emptied own buffer is freed. Returns -1 if c was released (no memory).
+ */
+static int ibuf_settle(struct tpo_http_conn *c)
+{
+	if (c->phase == PH_CLOSING)
+		c->ilen = 0;         /* draining: input is discarded */
+	if (c->ilen == 0) {
+		free(c->ibuf);
+		c->ibuf = NULL;
+		c->ioff = c->icap = 0;
+		c->ishared = 0;
+		return 0;
+	}
+	if (!c->ishared)
+		return 0;
+	/* Only after a read from the server's buffer, so c owns none. */
+	c->ibuf = malloc(c->ilen);
+	if (!c->ibuf) {
+		conn_release(c);
+		return -1;
+	}
+	memcpy(c->ibuf, c->srv->rbuf + c->ioff, c->ilen);
+	c->icap = c->ilen;
+	c->ioff = 0;
+	c->ishared = 0;
+	return 0;
+}
+
+/*
+ * Reads once; 1 data, 0 nothing more now, -1 c was released. With nothing
+ * buffered the read goes to the server's buffer (the caller parses or
+ * settles it before the next read); bytes behind a request in progress go
+ * after c's own, up to IBUF_SIZE.
+ */
 static int conn_read(struct tpo_http_conn *c)
 {
+	struct tpo_http_server *srv = c->srv;
+	char *dst;
+	size_t room;
 	ssize_t r;
 
-	if (!c->ibuf) {
-		c->ibuf = malloc(IBUF_SIZE);
-		if (!c->ibuf) {
+	if (ibuf_settle(c) < 0)
+		return -1;
+	if (c->ilen == 0) {
+		if (!srv->rbuf && !(srv->rbuf = malloc(IBUF_SIZE))) {
 			conn_release(c);
 			return -1;
 		}
+		dst = srv->rbuf;
+		room = IBUF_SIZE;
+	} else {
+		if (c->icap < IBUF_SIZE) {
+			char *nb = malloc(IBUF_SIZE);
+
+			if (!nb) {
+				conn_release(c);
+				return -1;
+			}
+			memcpy(nb, c->ibuf + c->ioff, c->ilen);
+			free(c->ibuf);
+			c->ibuf = nb;
+			c->icap = IBUF_SIZE;
+			c->ioff = 0;
+		} else if (c->ioff > 0) {
+			memmove(c->ibuf, c->ibuf + c->ioff, c->ilen);
+			c->ioff = 0;
+		}
+		if (c->ilen == IBUF_SIZE)
+			return 0;
+		dst = c->ibuf + c->ilen;
+		room = IBUF_SIZE - c->ilen;
 	}
-	if (c->ilen == 0 || c->phase == PH_CLOSING)
-		c->ioff = c->ilen = 0;
-	if (c->ioff > 0) {
-		memmove(c->ibuf, c->ibuf + c->ioff, c->ilen);
-		c->ioff = 0;
-	}
-	if (c->ilen == IBUF_SIZE)
-		return 0;
-	r = recv(c->fd, c->ibuf + c->ilen, IBUF_SIZE - c->ilen, MSG_DONTWAIT);
+	r = recv(c->fd, dst, room, MSG_DONTWAIT);
 	if (r > 0) {
+		if (c->phase == PH_CLOSING)
+			return 1;
+		if (c->ilen == 0) {
+			c->ishared = 1;
+			c->ioff = 0;
+		}
 		c->ilen += (uint32_t)r;
+		/* Behind a request in progress nothing parses it now. */
+		if (c->phase == PH_ACTIVE && c->active && ibuf_settle(c) < 0)
+			return -1;
 		return 1;
 	}
 	if (r < 0 && (errno == EAGAIN || errno == EINTR))
@@ -1035,6 +1221,8 @@ static void conn_drive(struct tpo_http_conn *c)
 		default:
 			if (c->ilen > 0) {
 				conn_parse(c);
+				if (c->phase != PH_ZOMBIE && ibuf_settle(c) < 0)
+					return;
 				continue;
 			}
 			break;
@@ -1050,15 +1238,12 @@ static void conn_drive(struct tpo_http_conn *c)
 	"{\"error\":{\"message\":\"server at its connection limit\",\"type\":\"server_error\"," \
 	"\"param\":null,\"code\":null}}\n"
 
-static void conn_open(struct tpo_http_server *srv, int fd)
+static void conn_open(struct tpo_http_conn *c, int fd)
 {
-	struct tpo_http_conn *c;
+	struct tpo_http_server *srv = c->srv;
 	struct epoll_event ev;
 	int one = 1;
 
-	c = &srv->conns[srv->freeq[srv->fq_head]];
-	srv->fq_head = (srv->fq_head + 1) % srv->cfg.max_conns;
-	srv->fq_len--;
 	c->gen++;
 	if (c->gen == 0)
 		c->gen = 1;
@@ -1073,11 +1258,11 @@ static void conn_open(struct tpo_http_server *srv, int fd)
 	c->hdr_fed = 0;
 	c->user = NULL;
 	c->user64 = 0;
-	memset(&c->req, 0, sizeof(c->req));
+	c->http_major = c->http_minor = 0;
+	c->keep_alive = 0;
+	c->m = NULL;
 	list_init(&c->tnode);
 	list_init(&c->pnode);
-	http_parser_init(&c->parser, HTTP_REQUEST);
-	c->parser.data = c;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	srv->nconns++;
 	ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
@@ -1110,6 +1295,8 @@ static void listeners_enable(struct tpo_http_server *srv, int on)
 
 static void on_accept(struct tpo_http_server *srv, struct listener *l)
 {
+	struct tpo_http_conn *c;
+
 	for (;;) {
 		int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
@@ -1122,7 +1309,8 @@ static void on_accept(struct tpo_http_server *srv, struct listener *l)
 				listeners_enable(srv, 0);
 			return;
 		}
-		if (srv->fq_len == 0) {
+		c = slot_take(srv);
+		if (!c) {
 			char msg[256];
 			int n = snprintf(msg, sizeof(msg),
 					 "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -1135,7 +1323,7 @@ static void on_accept(struct tpo_http_server *srv, struct listener *l)
 			close(fd);
 			continue;
 		}
-		conn_open(srv, fd);
+		conn_open(c, fd);
 	}
 }
 
@@ -1301,19 +1489,10 @@ int tpo_http_create(struct tpo_http_server **srvp, int epfd, const struct tpo_ht
 		settings.on_message_begin = on_message_begin;
 	}
 	r = -ENOMEM;
+	/* Left untouched: slot_take initialises slots as they are first used. */
 	srv->conns = calloc(srv->cfg.max_conns, sizeof(*srv->conns));
-	srv->freeq = calloc(srv->cfg.max_conns, sizeof(*srv->freeq));
-	if (!srv->conns || !srv->freeq)
+	if (!srv->conns)
 		goto err_free;
-	for (i = 0; i < srv->cfg.max_conns; i++) {
-		srv->conns[i].tag.kind = TPO_TAG_CONN;
-		srv->conns[i].srv = srv;
-		srv->conns[i].slot = i;
-		srv->conns[i].fd = -1;
-		srv->conns[i].phase = PH_FREE;
-		srv->freeq[i] = i;
-	}
-	srv->fq_len = srv->cfg.max_conns;
 	srv->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
 	if (srv->tfd < 0) {
 		r = -errno;
@@ -1330,7 +1509,6 @@ int tpo_http_create(struct tpo_http_server **srvp, int epfd, const struct tpo_ht
 err_close:
 	close(srv->tfd);
 err_free:
-	free(srv->freeq);
 	free(srv->conns);
 	free(srv);
 	return r;
@@ -1459,7 +1637,7 @@ uint32_t tpo_http_close_idle(struct tpo_http_server *srv)
 {
 	uint32_t i, n = 0;
 
-	for (i = 0; i < srv->cfg.max_conns; i++) {
+	for (i = 0; i < srv->hwm; i++) {
 		struct tpo_http_conn *c = &srv->conns[i];
 
 		if (c->phase == PH_IDLE && c->ilen == 0 && c->olen == 0 && !c->active) {
@@ -1478,7 +1656,7 @@ void tpo_http_destroy(struct tpo_http_server *srv)
 
 	if (!srv)
 		return;
-	for (i = 0; i < srv->cfg.max_conns; i++) {
+	for (i = 0; i < srv->hwm; i++) {
 		struct tpo_http_conn *c = &srv->conns[i];
 
 		if (c->fd >= 0) {
@@ -1493,7 +1671,7 @@ void tpo_http_destroy(struct tpo_http_server *srv)
 	}
 	epoll_ctl(srv->epfd, EPOLL_CTL_DEL, srv->tfd, NULL);
 	close(srv->tfd);
-	free(srv->freeq);
+	free(srv->rbuf);
 	free(srv->conns);
 	free(srv);
 }
@@ -1510,12 +1688,22 @@ struct tpo_http_conn *tpo_http_conn_lookup(struct tpo_http_server *srv, uint64_t
 	uint32_t slot = (uint32_t)id;
 	struct tpo_http_conn *c;
 
-	if (slot >= srv->cfg.max_conns)
+	if (slot >= srv->hwm)
 		return NULL;
 	c = &srv->conns[slot];
 	if (c->fd < 0 || c->id != id)
 		return NULL;
 	return c;
+}
+
+size_t tpo_http_conn_mem(const struct tpo_http_conn *c)
+{
+	size_t n = (size_t)c->icap + c->ocap;
+
+	if (c->m)
+		n += sizeof(*c->m) + c->srv->cfg.max_headers * sizeof(*c->m->hdrs) +
+		     c->m->hcap + c->m->bcap;
+	return n;
 }
 
 void *tpo_http_conn_user(const struct tpo_http_conn *c) { return c->user; }

@@ -27,7 +27,7 @@
  * tpo_http_respond / tpo_http_error* or tpo_http_stream_end; meanwhile
  * further pipelined bytes are buffered, not parsed, so responses leave in
  * request order. The struct tpo_http_req and every pointer in it are valid
- * until that ending call (or on_close).
+ * until that ending call, tpo_http_req_done, or on_close.
  *
  * Connection loss. If a connection with a request in progress goes away
  * (client disconnect, reset, output over its cap), on_close is called once
@@ -41,9 +41,13 @@
  * even if its slot is reused. Keep ids, not pointers, across loop iterations.
  *
  * Single-threaded: every function must be called from the thread running the
- * loop. Memory: per-connection buffers are allocated lazily, reused across
- * the connection's requests and freed when it closes; nothing is allocated
- * per request on the hot path.
+ * loop. Memory: idle cost does not grow with max_conns (slots are set up on
+ * first use); a connection holds buffers only while it needs them: header
+ * strings and body from a request's first byte until it ends (or
+ * tpo_http_req_done), unparsed input only while pipelined bytes wait behind
+ * a request in progress, output only while some is unsent. A connection
+ * with a request in progress after tpo_http_req_done and nothing unsent
+ * costs its slot (a few hundred bytes) and nothing else.
  */
 #ifndef TPO_HTTP_H
 #define TPO_HTTP_H
@@ -171,6 +175,22 @@ uint32_t tpo_http_conns(const struct tpo_http_server *srv);
  * received request and no unsent output. Returns how many it closed.
  */
 uint32_t tpo_http_close_idle(struct tpo_http_server *srv);
+
+/*
+ * The caller is done reading the request in progress, which stays in
+ * progress (answer it as usual): frees the struct tpo_http_req given to
+ * on_request, its header strings and body, so a request waiting for its
+ * answer costs only its connection slot. req must not be used after this.
+ * No-op without a request in progress.
+ */
+void tpo_http_req_done(struct tpo_http_conn *c);
+
+/*
+ * Bytes of buffers c holds now (input, header strings, body, output), not
+ * counting its slot: 0 for a connection that is idle, or waits with its
+ * request done (tpo_http_req_done) and nothing unsent.
+ */
+size_t tpo_http_conn_mem(const struct tpo_http_conn *c);
 
 uint64_t tpo_http_conn_id(const struct tpo_http_conn *c);
 struct tpo_http_conn *tpo_http_conn_lookup(struct tpo_http_server *srv, uint64_t id);

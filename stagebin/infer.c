@@ -93,9 +93,11 @@ static void journal_sync(void)
 	npend_done = 0;
 }
 
-/* Running jobs, dense (swap-remove): loops cost O(running), not O(slots). */
+/* Running jobs, dense (swap-remove): loops cost O(running), not O(slots).
+ * Job slots are handed out from a high-water mark, then recycled through
+ * free_slots, so untouched slots cost no memory. */
 static uint32_t *act, nact;
-static uint32_t *free_slots, nfree_slots;
+static uint32_t *free_slots, nfree_slots, jobs_hwm;
 
 static void end_job(struct job *j)
 {
@@ -131,6 +133,10 @@ static int sink_token(struct tpo_job *w, const char *text, size_t len)
 		len -= n;
 	}
 	if (j->first_ns == 0) {
+		/* A stream's first token goes out at once, not after the rest
+		 * of the batch the worker is parsing (time to first token). */
+		if (j->w.flags & TPO_REQF_STREAM)
+			tpo_stage_flush(&st);
 		j->first_ns = tpo_now_ns();
 		tpo_stats_ttft(&st.stats, st.stage, st.lane, j->first_ns - j->start_ns);
 	}
@@ -170,7 +176,9 @@ static const struct tpo_job_sink sink = {
 
 static struct job *free_job(void)
 {
-	return nfree_slots ? &jobs[free_slots[--nfree_slots]] : NULL;
+	if (nfree_slots)
+		return &jobs[free_slots[--nfree_slots]];
+	return jobs_hwm < njobs ? &jobs[jobs_hwm++] : NULL;
 }
 
 static struct job *find_job(uint64_t req_id)
@@ -459,8 +467,6 @@ int main(int argc, char **argv)
 	free_slots = calloc(njobs, sizeof(*free_slots));
 	if (!act || !free_slots)
 		return 111;
-	for (uint32_t i = 0; i < njobs; i++)
-		free_slots[nfree_slots++] = njobs - 1 - i;
 	fifo_cap = (uint32_t)(st.in[0].mask + 1) /
 		   (uint32_t)tpo_rec_size(sizeof(struct tpo_msg_req)) + 1;
 	fifo = calloc(fifo_cap, sizeof(*fifo));
@@ -498,7 +504,7 @@ int main(int argc, char **argv)
 	}
 	/* Jobs still running at SIGTERM: the stream has gone already (drain is
 	 * upstream-first), so nobody waits for them. */
-	for (uint32_t i = 0; i < njobs; i++)
+	for (uint32_t i = 0; i < jobs_hwm; i++)
 		if (jobs[i].active)
 			ops->cancel(worker, &jobs[i].w);
 	tpo_stage_fini(&st);

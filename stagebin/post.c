@@ -6,8 +6,9 @@
  * two tokens is held until complete; invalid bytes become U+FFFD), stop
  * sequences that may span tokens (text is withheld only while it could still
  * begin one), max_tokens (the smaller of the request's and the stage's), and
- * usage counting. Request state lives in a fixed open-addressing table, so
- * the hot path allocates nothing.
+ * usage counting. Request state lives in an open-addressing table that grows
+ * with the number of requests in flight (never with the configured budget);
+ * a request with stop sequences also holds a stopper, allocated at BEGIN.
  *
  * A TOKEN or END for a request this process never saw BEGIN for means we
  * were restarted mid-stream: the request is ended with one error rather than
@@ -31,10 +32,14 @@
 #include "stagebin/textproc.h"
 
 /*
- * Request state: a pool of entries, found through an open-addressing index
- * (linear probing, backward-shift deletion: no tombstones, so a miss stops
- * at the first empty slot however long the process runs). Sized at start
- * for twice the lane's admission budget; the index is kept at most half full.
+ * Request state: a pool of compact entries (64 bytes; the 1 KiB stop
+ * matcher only for requests that have stop sequences), found through an
+ * open-addressing index (linear probing, backward-shift deletion: no
+ * tombstones, so a miss stops at the first empty slot however long the
+ * process runs). At most pool_cap entries (twice the lane's admission
+ * budget). Nothing is sized by that cap up front: entries come in chunks
+ * allocated as the high-water mark grows and are recycled through a free
+ * list linked through them; the index doubles to stay at most half full.
  */
 struct req {
 	uint64_t id;
@@ -45,31 +50,38 @@ struct req {
 	uint32_t tokens;             /* TOKEN records received */
 	uint32_t max_tokens;
 	uint32_t prompt_tokens;
+	uint32_t fnext;              /* next free entry, while free */
 	struct tpo_utf8_joiner utf8;
-	struct tpo_stopper stop;
+	struct tpo_stopper *stop;    /* NULL: no stop sequences */
 };
 
-static struct req *pool;
-static uint32_t *free_list, nfree;
-static uint32_t *index_tab, index_mask;     /* 0 empty, else pool index + 1 */
+#define CHUNK_SHIFT 10
+#define CHUNK       (1u << CHUNK_SHIFT)
+#define POOL_MAX    (1u << 24)
+#define INDEX_MIN   2048u
+#define NONE        UINT32_MAX
+
+static struct req *chunks[POOL_MAX / CHUNK];
+static uint32_t pool_cap, pool_hwm, nlive, free_head = NONE;
+static uint32_t *index_tab, index_mask;     /* 0 empty, else entry number + 1 */
 static char buf1[1 << 17], buf2[1 << 17];
 #define PIECE 16384   /* TPO_UTF8_JOIN_BOUND(PIECE) + a held stop prefix fit */
 _Static_assert(TPO_UTF8_JOIN_BOUND(PIECE) + TPO_STOP_LEN_MAX <= sizeof(buf1), "post buffers");
 
+static struct req *entry(uint32_t k)
+{
+	return &chunks[k >> CHUNK_SHIFT][k & (CHUNK - 1)];
+}
+
 static int table_init(uint32_t budget)
 {
-	uint32_t n = 4096;
-
-	while (n < 2 * budget && n < (1u << 24))
-		n <<= 1;
-	pool = calloc(n, sizeof(*pool));
-	free_list = calloc(n, sizeof(*free_list));
-	index_tab = calloc(2 * (size_t)n, sizeof(*index_tab));
-	if (!pool || !free_list || !index_tab)
+	pool_cap = CHUNK;
+	while (pool_cap < 2 * budget && pool_cap < POOL_MAX)
+		pool_cap <<= 1;
+	index_tab = calloc(INDEX_MIN, sizeof(*index_tab));
+	if (!index_tab)
 		return -ENOMEM;
-	index_mask = 2 * n - 1;
-	for (uint32_t k = 0; k < n; k++)
-		free_list[nfree++] = n - 1 - k;
+	index_mask = INDEX_MIN - 1;
 	return 0;
 }
 
@@ -78,41 +90,119 @@ static uint32_t home(uint64_t id)
 	return (uint32_t)((id * 0x9e3779b97f4a7c15ull) >> 32) & index_mask;
 }
 
+/* Doubles the index (rehashing every entry); -ENOMEM leaves it as it was. */
+static int index_grow(void)
+{
+	uint32_t *old = index_tab, old_n = index_mask + 1, n = 2 * old_n;
+
+	index_tab = calloc(n, sizeof(*index_tab));
+	if (!index_tab) {
+		index_tab = old;
+		return -ENOMEM;
+	}
+	index_mask = n - 1;
+	for (uint32_t i = 0; i < old_n; i++) {
+		uint32_t j;
+
+		if (!old[i])
+			continue;
+		for (j = home(entry(old[i] - 1)->id); index_tab[j]; j = (j + 1) & index_mask)
+			;
+		index_tab[j] = old[i];
+	}
+	free(old);
+	return 0;
+}
+
+/* A free entry's number, or NONE when pool_cap are in use (or no memory). */
+static uint32_t entry_take(void)
+{
+	uint32_t k = free_head;
+
+	if (k != NONE) {
+		free_head = entry(k)->fnext;
+		return k;
+	}
+	if (pool_hwm == pool_cap)
+		return NONE;
+	if (!(pool_hwm & (CHUNK - 1))) {
+		chunks[pool_hwm >> CHUNK_SHIFT] = malloc(CHUNK * sizeof(struct req));
+		if (!chunks[pool_hwm >> CHUNK_SHIFT])
+			return NONE;
+	}
+	return pool_hwm++;
+}
+
 static struct req *lookup(uint64_t id, int create)
 {
-	uint32_t i = home(id);
+	uint32_t i = home(id), k;
 	struct req *r;
 
 	for (; index_tab[i]; i = (i + 1) & index_mask)
-		if (pool[index_tab[i] - 1].id == id)
-			return &pool[index_tab[i] - 1];
-	if (!create || !nfree)
+		if (entry(index_tab[i] - 1)->id == id)
+			return entry(index_tab[i] - 1);
+	if (!create)
 		return NULL;
-	r = &pool[free_list[--nfree]];
+	if (2 * (nlive + 1) > index_mask + 1) {
+		if (index_grow() < 0)
+			return NULL;
+		for (i = home(id); index_tab[i]; i = (i + 1) & index_mask)
+			;
+	}
+	k = entry_take();
+	if (k == NONE)
+		return NULL;
+	r = entry(k);
 	memset(r, 0, sizeof(*r));
 	r->id = id;
-	index_tab[i] = (uint32_t)(r - pool) + 1;
+	r->fnext = k;                /* its own number while live (see forget) */
+	index_tab[i] = k + 1;
+	nlive++;
 	return r;
 }
 
 static void forget(struct req *r)
 {
-	uint32_t want = (uint32_t)(r - pool) + 1, i = home(r->id), j;
+	uint32_t want = r->fnext + 1, i = home(r->id), j;
 
 	while (index_tab[i] != want)
 		i = (i + 1) & index_mask;
 	/* Backward shift: pull later entries of the probe run into the hole
 	 * unless their home lies cyclically in (hole, their slot]. */
 	for (j = (i + 1) & index_mask; index_tab[j]; j = (j + 1) & index_mask) {
-		uint32_t k = home(pool[index_tab[j] - 1].id);
+		uint32_t k = home(entry(index_tab[j] - 1)->id);
 		if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
 			continue;
 		index_tab[i] = index_tab[j];
 		i = j;
 	}
 	index_tab[i] = 0;
+	free(r->stop);
+	r->stop = NULL;
 	r->id = 0;
-	free_list[nfree++] = (uint32_t)(r - pool);
+	r->fnext = free_head;
+	free_head = want - 1;
+	nlive--;
+}
+
+/*
+ * Stop matching: out points at the releasable text (in itself when the
+ * request has no stop sequences). Returns as tpo_stop_feed.
+ */
+static int stop_feed(struct req *r, const char *in, size_t n, const char **out, size_t *outn)
+{
+	if (!r->stop) {
+		*out = in;
+		*outn = n;
+		return 0;
+	}
+	*out = buf2;
+	return tpo_stop_feed(r->stop, in, n, buf2, sizeof(buf2), outn);
+}
+
+static int stop_done(const struct req *r)
+{
+	return r->stop && r->stop->done;
 }
 
 static int emit_text(struct tpo_stage *st, struct req *r, const char *s, size_t n)
@@ -138,16 +228,17 @@ static int finish(struct tpo_stage *st, struct req *r, uint32_t finish_reason,
 	struct tpo_msg_end e;
 	int n, err;
 
-	if (finish_reason != TPO_FINISH_STOP || !r->stop.done) {
+	if (finish_reason != TPO_FINISH_STOP || !stop_done(r)) {
 		n = tpo_utf8_flush(&r->utf8, buf1, sizeof(buf1));
 		if (n > 0) {
+			const char *o;
 			size_t outn = 0;
-			tpo_stop_feed(&r->stop, buf1, (size_t)n, buf2, sizeof(buf2), &outn);
-			if (outn && (err = emit_text(st, r, buf2, outn)) < 0)
+			stop_feed(r, buf1, (size_t)n, &o, &outn);
+			if (outn && (err = emit_text(st, r, o, outn)) < 0)
 				return err;
 		}
-		if (!r->stop.done) {
-			n = tpo_stop_flush(&r->stop, buf1, sizeof(buf1));
+		if (r->stop && !r->stop->done) {
+			n = tpo_stop_flush(r->stop, buf1, sizeof(buf1));
 			if (n > 0 && (err = emit_text(st, r, buf1, (size_t)n)) < 0)
 				return err;
 		}
@@ -155,13 +246,13 @@ static int finish(struct tpo_stage *st, struct req *r, uint32_t finish_reason,
 	memset(&e, 0, sizeof(e));
 	if (in_end)
 		e = *in_end;
-	e.finish = r->stop.done ? TPO_FINISH_STOP : finish_reason;
+	e.finish = stop_done(r) ? TPO_FINISH_STOP : finish_reason;
 	/* The upstream's own counts when it reported them (a whole answer is
 	 * one TOKEN record), else the prompt estimate and our token count. A
 	 * stop sequence ends the answer early: then only our count is right. */
 	e.prompt_tokens = in_end && in_end->prompt_tokens ? in_end->prompt_tokens : r->prompt_tokens;
 	e.completion_tokens = r->tokens;
-	if (in_end && !r->stop.done && in_end->completion_tokens > r->tokens)
+	if (in_end && !stop_done(r) && in_end->completion_tokens > r->tokens)
 		e.completion_tokens = in_end->completion_tokens;
 	e.flags = in_end ? 0 : TPO_END_EARLY;
 	r->done = 1;
@@ -172,6 +263,7 @@ static int finish(struct tpo_stage *st, struct req *r, uint32_t finish_reason,
 
 static int on_token(struct tpo_stage *st, struct req *r, const struct tpo_rec *rec)
 {
+	const char *o;
 	size_t n1 = 0, n2 = 0;
 	int err;
 
@@ -187,12 +279,12 @@ static int on_token(struct tpo_stage *st, struct req *r, const struct tpo_rec *r
 		n1 = n2 = 0;
 		tpo_utf8_join(&r->utf8, (const char *)tpo_rec_data(rec) + off, n, buf1,
 			      sizeof(buf1), &n1);
-		if (tpo_stop_feed(&r->stop, buf1, n1, buf2, sizeof(buf2), &n2) == 1) {
-			if (n2 && (err = emit_text(st, r, buf2, n2)) < 0)
+		if (stop_feed(r, buf1, n1, &o, &n2) == 1) {
+			if (n2 && (err = emit_text(st, r, o, n2)) < 0)
 				return err;
 			return finish(st, r, TPO_FINISH_STOP, NULL);
 		}
-		if (n2 && (err = emit_text(st, r, buf2, n2)) < 0)
+		if (n2 && (err = emit_text(st, r, o, n2)) < 0)
 			return err;
 	}
 	if (r->max_tokens && r->tokens >= r->max_tokens)
@@ -243,7 +335,22 @@ static int on_record(struct tpo_stage *st, int in, const struct tpo_rec *rec)
 		r->max_tokens = m->max_tokens && m->max_tokens < cap ? m->max_tokens : cap;
 		r->prompt_tokens = m->prompt_tokens;
 		tpo_utf8_joiner_init(&r->utf8);
-		tpo_stop_init_packed(&r->stop, tpo_msg_req_stops(m), m->stop_len);
+		free(r->stop);
+		r->stop = NULL;
+		if (m->stop_len) {
+			/* A malformed list leaves a pass-through stopper, as before. */
+			r->stop = malloc(sizeof(*r->stop));
+			if (!r->stop) {
+				forget(r);
+				return tpo_stage_emit_error(st, k, rec->req_id, rec->aux, 503,
+							    "out of memory for stop sequences");
+			}
+			tpo_stop_init_packed(r->stop, tpo_msg_req_stops(m), m->stop_len);
+			if (r->stop->nstop == 0) {
+				free(r->stop);
+				r->stop = NULL;
+			}
+		}
 		tpo_stats_count_in(&st->stats, st->stage, st->lane, 1);
 		return tpo_stage_emit(st, k, TPO_MSG_BEGIN, rec->req_id, 0, rec->aux,
 				      tpo_rec_data(rec), rec->len);

@@ -40,21 +40,22 @@
 
 enum rstate { R_FREE = 0, R_QUEUED, R_INFER, R_STREAMING };
 
+/* One per request in flight: kept small, a front may hold 10^5 of them. */
 struct sreq {
 	uint64_t id;
 	uint64_t conn;               /* tpo_http_conn_id */
-	int state;                   /* enum rstate */
-	int kind;                    /* TPO_OAI_CHAT / TPO_OAI_COMPLETION */
-	int stream;
-	int lane;
+	uint8_t state;               /* enum rstate */
+	uint8_t kind;                /* TPO_OAI_CHAT / TPO_OAI_COMPLETION */
+	uint8_t stream;
+	uint8_t lane;
+	uint8_t corked_batch;        /* its connection is in corked[] */
+	uint8_t model_owned;         /* model is ours to free (not configured) */
 	uint32_t last_seq;
-	uint32_t prompt_tokens;
 	uint64_t admitted_ns;
 	uint64_t deadline_ns;
 	int64_t created;
 	char oid[32];                /* "chatcmpl-<id>": made once, sent per chunk */
-	char model[TPO_MODEL_MAX];
-	uint8_t corked_batch;        /* its connection is in corked[] */
+	const char *model;           /* a configured name, or a copy */
 	char *body;                  /* non-streaming: the answer so far */
 	size_t body_len, body_cap;
 	struct sreq *prev, *next;    /* admission order, per lane */
@@ -80,11 +81,22 @@ static char api_keys[4096];
  * A request id names its slot: bits 0..19 slot, 20..55 a counter started at
  * a random value per process incarnation (so a record for a request of a
  * crashed predecessor never matches), 56..62 our lane (tpo_req_origin).
- * Lookup is one comparison; slots are recycled through a free list.
+ * Lookup is one comparison. The table is calloc'd and left untouched: slots
+ * are handed out from a high-water mark and recycled through a free list
+ * linked through the slots themselves, so the pages touched follow the peak
+ * number of requests in flight, not the configured budget.
  */
 #define SLOT_BITS 20
 
-static uint32_t *free_slots, nfree;
+static struct sreq *free_head;
+static uint32_t nslots, hwm;
+
+static void slot_put(struct sreq *r)
+{
+	r->state = R_FREE;
+	r->next = free_head;
+	free_head = r;
+}
 
 static struct sreq *req_find(uint64_t id)
 {
@@ -100,21 +112,52 @@ static struct sreq *req_new(void)
 {
 	struct sreq *r;
 	uint32_t slot;
-	char *b;
-	size_t cap;
 
-	if (!nfree)
+	if (free_head) {
+		r = free_head;
+		free_head = r->next;
+	} else if (hwm < nslots) {
+		r = &reqs[hwm++];
+	} else {
 		return NULL;
-	slot = free_slots[--nfree];
-	r = &reqs[slot];
-	b = r->body;
-	cap = r->body_cap;
+	}
+	slot = (uint32_t)(r - reqs);
 	memset(r, 0, sizeof(*r));
-	r->body = b;
-	r->body_cap = cap;
 	id_counter = (id_counter + 1) & ((1ull << 36) - 1);
 	r->id = ((uint64_t)st.lane << 56) | (id_counter << SLOT_BITS) | slot;
 	return r;
+}
+
+/*
+ * The model name answers carry: a configured name is pointed at, any other
+ * (what the client sent, up to TPO_MODEL_MAX - 1 bytes) copied.
+ */
+static int model_set(struct sreq *r, const char *name)
+{
+	size_t n = strnlen(name, TPO_MODEL_MAX - 1);
+	char *copy;
+
+	for (int i = 0; i < st.cfg.nmodels; i++)
+		if (strlen(st.cfg.models[i]) == n && memcmp(st.cfg.models[i], name, n) == 0) {
+			r->model = st.cfg.models[i];
+			return 0;
+		}
+	copy = malloc(n + 1);
+	if (!copy)
+		return -ENOMEM;
+	memcpy(copy, name, n);
+	copy[n] = '\0';
+	r->model = copy;
+	r->model_owned = 1;
+	return 0;
+}
+
+static void model_clear(struct sreq *r)
+{
+	if (r->model_owned)
+		free((char *)r->model);
+	r->model = NULL;
+	r->model_owned = 0;
 }
 
 /* Ends our memory of r (the client has had, or will get, its answer). */
@@ -127,13 +170,13 @@ static void req_free(struct sreq *r)
 	tpo_stats_inflight(&st.stats, st.stage, st.lane, nactive);
 	atomic_store_explicit(&st.rs.load[st.lane][r->lane], lane_active[r->lane],
 			      memory_order_relaxed);
-	r->state = R_FREE;
-	free_slots[nfree++] = (uint32_t)(r - reqs);
-	if (r->body_cap > (1 << 20)) {
-		free(r->body);
-		r->body = NULL;
-		r->body_cap = 0;
-	}
+	/* A buffered answer is freed with its request: an idle front holds
+	 * nothing for the requests it has served. */
+	model_clear(r);
+	free(r->body);
+	r->body = NULL;
+	r->body_len = r->body_cap = 0;
+	slot_put(r);
 }
 
 /* ---- small helpers ---- */
@@ -408,11 +451,16 @@ static void admit(struct tpo_http_conn *c, struct tpo_http_req *req, int kind)
 		send_error(c, 503, "too many requests in this front process", "Retry-After: 1\r\n");
 		return;
 	}
+	if (model_set(r, oai.model[0] ? oai.model : st.cfg.models[0]) < 0) {
+		slot_put(r);
+		send_error(c, 503, "out of memory", "Retry-After: 1\r\n");
+		return;
+	}
 	len = (uint32_t)(sizeof(*m) + oai.text_len + stop_len);
 	if (tpo_ring_reserve(&st.out[lane], len, &rec) < 0) {
 		/* The lane's input ring is full: shed rather than block the front. */
-		r->state = R_FREE;
-		free_slots[nfree++] = (uint32_t)(r - reqs);
+		model_clear(r);
+		slot_put(r);
 		tpo_stats_count_shed_reject(&st.stats, st.stage, st.lane, 1);
 		snprintf(hdr, sizeof(hdr), "Retry-After: %u\r\n", adm->retry_after_s);
 		send_error(c, 429, "pipeline lane is full: try again later", hdr);
@@ -420,14 +468,13 @@ static void admit(struct tpo_http_conn *c, struct tpo_http_req *req, int kind)
 	}
 	r->conn = tpo_http_conn_id(c);
 	r->state = R_QUEUED;
-	r->kind = kind;
-	r->stream = oai.stream;
-	r->lane = lane;
+	r->kind = (uint8_t)kind;
+	r->stream = oai.stream != 0;
+	r->lane = (uint8_t)lane;
 	r->admitted_ns = now;
 	r->deadline_ns = now + timeout_ns;
 	r->created = (int64_t)time(NULL);
 	tpo_oai_make_id(r->oid, sizeof(r->oid), kind, r->id);
-	snprintf(r->model, sizeof(r->model), "%s", oai.model[0] ? oai.model : st.cfg.models[0]);
 	r->prev = lane_list[lane].prev;
 	r->next = &lane_list[lane];
 	r->prev->next = r;
@@ -453,7 +500,7 @@ static void admit(struct tpo_http_conn *c, struct tpo_http_req *req, int kind)
 	m->text_len = (uint32_t)oai.text_len;
 	m->stop_len = stop_len;
 	m->nstop = (uint32_t)oai.nstop;
-	memcpy(m->model, r->model, sizeof(m->model));
+	memcpy(m->model, r->model, strlen(r->model));   /* m is zeroed: NUL-padded */
 	memcpy(tpo_msg_req_text(m), oai.text, oai.text_len);
 	{
 		char *p = tpo_msg_req_stops(m);
@@ -765,6 +812,9 @@ static void on_request(struct tpo_http_conn *c, struct tpo_http_req *req, void *
 		if (!post)
 			return send_error(c, 405, "method not allowed: use POST", "Allow: POST\r\n");
 		admit(c, req, p[4] == 'c' && p[5] == 'h' ? TPO_OAI_CHAT : TPO_OAI_COMPLETION);
+		/* Everything needed is in the ring record and our sreq: a
+		 * request waiting for its answer holds no request buffers. */
+		tpo_http_req_done(c);
 		return;
 	}
 	send_error(c, 404, "unknown path: see /v1/chat/completions, /v1/completions, "
@@ -818,20 +868,17 @@ static int setup(void)
 	struct tpo_http_config hc;
 	struct itimerspec its = { { 0, TICK_MS * 1000000L }, { 0, TICK_MS * 1000000L } };
 	struct epoll_event ev = { .events = EPOLLIN };
-	uint32_t nslots = 1;
 	uint64_t rnd = 0;
 	int err;
 
+	nslots = 1;
 	while (nslots < adm->max_inflight_per_lane * (uint32_t)st.nlanes * 2 + 64 &&
 	       nslots < (1u << SLOT_BITS))
 		nslots <<= 1;
 	reqs = calloc(nslots, sizeof(*reqs));
-	free_slots = calloc(nslots, sizeof(*free_slots));
-	if (!reqs || !free_slots)
+	if (!reqs)
 		return -ENOMEM;
 	reqs_mask = nslots - 1;
-	for (uint32_t i = 0; i < nslots; i++)
-		free_slots[nfree++] = nslots - 1 - i;
 	if (getrandom(&rnd, sizeof(rnd), 0) < 0)
 		rnd = tpo_now_ns();
 	id_counter = rnd & ((1ull << 36) - 1);

@@ -40,7 +40,19 @@ static struct {
 	atomic_int port;                /* > 0 ready, < 0 failed */
 	atomic_int requests, closes, close_lookup_null, big_err;
 	atomic_ullong held_id;
+	atomic_int done_empty;          /* /holddone: req emptied, no buffers */
+	atomic_llong mem_at_end;        /* /bigok: buffers held after the last write */
+	atomic_int bigok_done;          /* /bigok handlers finished */
 } ts;
+
+#define BIGOK_CHUNK 16384
+#define BIGOK_N     64
+
+static void bigok_fill(char *p, int i)
+{
+	for (int k = 0; k < BIGOK_CHUNK; k++)
+		p[k] = (char)('a' + (i + k / 1024) % 26);
+}
 
 static void on_request(struct tpo_http_conn *c, struct tpo_http_req *req, void *arg)
 {
@@ -78,6 +90,30 @@ static void on_request(struct tpo_http_conn *c, struct tpo_http_req *req, void *
 		tpo_http_stream_end(c);
 	} else if (strcmp(req->path, "/hold") == 0) {
 		ts.held_id = tpo_http_conn_id(c);
+	} else if (strcmp(req->path, "/holddone") == 0) {
+		/* Done with the request before answering it, as the stream stage. */
+		cr_assert_gt(tpo_http_conn_mem(c), 0);
+		tpo_http_req_done(c);
+		ts.done_empty = tpo_http_conn_mem(c) == 0;
+		ts.held_id = tpo_http_conn_id(c);
+	} else if (strcmp(req->path, "/bigok") == 0) {
+		/* 1 MiB in 16 KiB chunks, under the output cap: a reader that is
+		 * slow to start must still get every byte. ?cork: all of it is
+		 * buffered first (what the kernel takes at once varies). */
+		static char chunk[BIGOK_CHUNK];
+		int i, r = 0;
+
+		if (strcmp(req->query, "cork") == 0)
+			tpo_http_cork(c);
+		tpo_http_stream_begin(c, 200, "text/event-stream", NULL);
+		for (i = 0; i < BIGOK_N && r == 0; i++) {
+			bigok_fill(chunk, i);
+			r = tpo_http_stream_write(c, chunk, sizeof(chunk));
+		}
+		ts.big_err = r;
+		ts.mem_at_end = (long long)tpo_http_conn_mem(c);
+		tpo_http_stream_end(c);
+		ts.bigok_done++;
 	} else if (strcmp(req->path, "/id") == 0) {
 		int n = snprintf(small, sizeof(small), "%llu", (unsigned long long)tpo_http_conn_id(c));
 
@@ -996,4 +1032,160 @@ Test(http, pipelined_beyond_input_buffer_while_busy)
 	cr_assert_eq(ts.requests, 401);
 	cli_close(cl);
 	stop();
+}
+
+Test(http, request_split_across_reads)
+{
+	static const char *const parts[] = {
+		"POS", "T /echo?n=1 HT", "TP/1.1\r\nHost: x\r\nx-sess", "ion-id: a",
+		"bc\r\nContent-Length: 10\r\n\r\n01234", "56789",
+		/* The next request's head arrives with nothing else. */
+		"GET /echo?n=2 HTTP/1.1\r\n", "Host: x\r\n\r\nGET /echo?n=3 HTTP/1.1\r\nHo", "st: x\r\n\r\n",
+	};
+	struct resp r;
+	struct cli *cl;
+
+	start(NULL);
+	cl = cli_open();
+	/* Every part is its own write; the pauses make separate reads likely
+	 * (the result must be the same either way). */
+	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+		cli_puts(cl, parts[i]);
+		usleep(5000);
+	}
+	cr_assert_eq(read_resp(cl, &r), 0);
+	cr_assert_str_eq(r.body, "POST /echo q=n=1 sid=abc len=10\n0123456789");
+	cr_assert_eq(read_resp(cl, &r), 0);
+	cr_assert_str_eq(r.body, "GET /echo q=n=2 sid=- len=0\n");
+	cr_assert_eq(read_resp(cl, &r), 0);
+	cr_assert_str_eq(r.body, "GET /echo q=n=3 sid=- len=0\n");
+	cr_assert_eq(ts.requests, 3);
+	cli_close(cl);
+	stop();
+}
+
+Test(http, req_done_then_late_answer_and_next_request)
+{
+	struct resp r;
+	struct cli *cl;
+
+	start(NULL);
+	cl = cli_open();
+	cli_puts(cl, "POST /holddone HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+	cr_assert_eq(wait_for(&ts.requests, 1), 1);
+	cr_assert_eq(ts.done_empty, 1, "tpo_http_req_done left the request's buffers");
+	/* The next request arrives behind the one whose buffers were freed. */
+	cli_puts(cl, "POST /echo?n=2 HTTP/1.1\r\nHost: x\r\nx-session-id: s2\r\n"
+		     "Content-Length: 3\r\n\r\nxyz");
+	usleep(20000);
+	cr_assert_eq(ts.requests, 1, "pipelined request dispatched before the first ended");
+	kick(1);
+	cr_assert_eq(read_resp(cl, &r), 0);
+	cr_assert_str_eq(r.body, "late");
+	cr_assert_eq(read_resp(cl, &r), 0);
+	cr_assert_str_eq(r.body, "POST /echo q=n=2 sid=s2 len=3\nxyz");
+	cr_assert_eq(ts.closes, 0);
+	cli_close(cl);
+	stop();
+}
+
+/* Reads one chunked /bigok response and checks every byte. */
+static void read_bigok(struct cli *cl)
+{
+	static char want[BIGOK_CHUNK];
+	size_t got = 0;
+	char *e;
+	int status = 0;
+
+	while (!(e = find_crlf(cl, "\r\n\r\n")))
+		cr_assert_eq(cli_fill(cl), 1, "no response head");
+	cr_assert_eq(sscanf(cl->buf, "HTTP/1.1 %d", &status), 1);
+	cr_assert_eq(status, 200);
+	cli_consume(cl, (size_t)(e - cl->buf) + 4);
+	for (;;) {
+		size_t n, hl;
+
+		while (!(e = find_crlf(cl, "\r\n")))
+			cr_assert_eq(cli_fill(cl), 1, "short chunk size");
+		n = strtoull(cl->buf, NULL, 16);
+		hl = (size_t)(e - cl->buf) + 2;
+		while (cl->len < hl + n + 2)
+			cr_assert_eq(cli_fill(cl), 1, "short chunk after %zu bytes", got);
+		if (n == 0) {
+			cli_consume(cl, hl + 2);
+			break;
+		}
+		cr_assert_eq(n, BIGOK_CHUNK);
+		bigok_fill(want, (int)(got / BIGOK_CHUNK));
+		cr_assert_eq(memcmp(cl->buf + hl, want, n), 0, "wrong bytes at %zu", got);
+		got += n;
+		cli_consume(cl, hl + n + 2);
+	}
+	cr_assert_eq(got, (size_t)BIGOK_CHUNK * BIGOK_N);
+}
+
+Test(http, slow_reader_gets_every_byte)
+{
+	struct resp r;
+	struct cli *cl;
+	int rcv = 4096;
+
+	start(NULL);
+	cl = cli_open();
+	/* A small receive window, and no reading until the server has
+	 * written everything: most of the answer waits in its buffer. */
+	setsockopt(cl->fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+	for (int round = 0; round < 3; round++) {
+		ts.mem_at_end = -1;
+		cli_puts(cl, round == 1 ? "GET /bigok HTTP/1.1\r\nHost: x\r\n\r\n" :
+					  "GET /bigok?cork HTTP/1.1\r\nHost: x\r\n\r\n");
+		cr_assert_eq(wait_for(&ts.bigok_done, round + 1), round + 1);
+		cr_assert_eq(ts.big_err, 0);
+		if (round != 1)
+			cr_assert_geq(ts.mem_at_end, (long long)BIGOK_CHUNK * BIGOK_N,
+				      "the answer was not buffered: the test proves nothing");
+		usleep(20000);
+		read_bigok(cl);
+	}
+	/* Drained: the connection still serves requests. */
+	cli_puts(cl, "GET /echo?n=9 HTTP/1.1\r\nHost: x\r\n\r\n");
+	cr_assert_eq(read_resp(cl, &r), 0);
+	cr_assert_str_eq(r.body, "GET /echo q=n=9 sid=- len=0\n");
+	cr_assert_eq(ts.closes, 0);
+	cli_close(cl);
+	stop();
+}
+
+static long vm_rss_kib(void)
+{
+	char line[256];
+	long kib = -1;
+	FILE *f = fopen("/proc/self/status", "r");
+
+	cr_assert(f);
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %ld", &kib) == 1)
+			break;
+	fclose(f);
+	return kib;
+}
+
+Test(http, idle_memory_does_not_scale_with_max_conns)
+{
+	struct tpo_http_callbacks cb = { .on_request = on_request, .on_close = on_close };
+	struct tpo_http_config cfg;
+	struct tpo_http_server *srv;
+	long before, after;
+	int epfd = epoll_create1(EPOLL_CLOEXEC);
+
+	cr_assert(epfd >= 0);
+	tpo_http_config_default(&cfg);
+	cfg.max_conns = 1u << 20;    /* hundreds of MiB if slots were touched */
+	before = vm_rss_kib();
+	cr_assert_eq(tpo_http_create(&srv, epfd, &cfg, &cb, NULL), 0);
+	after = vm_rss_kib();
+	tpo_http_destroy(srv);
+	close(epfd);
+	cr_assert_lt(after - before, 4096, "a server for 2^20 connections costs %ld KiB idle",
+		     after - before);
 }
