@@ -16,7 +16,25 @@ struct vstate {
 	const unsigned char *s;
 	size_t len, pos;
 	struct tpo_json_error *err;
+	/* Tokens as jsmn makes them (tpo_json_tokenize_into): written while
+	 * n < cap, counted always. toks NULL: validation only. */
+	jsmntok_t *toks;
+	unsigned cap, n;
 };
+
+/* A token at the current position; its index (maybe >= cap: not stored). */
+static unsigned vtok(struct vstate *v, jsmntype_t type, size_t start, size_t end, int size)
+{
+	unsigned i = v->n++;
+
+	if (i < v->cap) {
+		v->toks[i].type = type;
+		v->toks[i].start = (int)start;
+		v->toks[i].end = (int)end;
+		v->toks[i].size = size;
+	}
+	return i;
+}
 
 static int vfail(struct vstate *v, size_t pos, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -89,18 +107,26 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
 	return k;
 }
 
-static int vstring(struct vstate *v)
+/* A string; key: an object key (jsmn gives it size 1: its value). */
+static int vstring(struct vstate *v, int key)
 {
 	size_t start = v->pos++;
 
 	for (;;) {
+		const unsigned char *s = v->s;
 		unsigned char c;
-		size_t k;
+		size_t k, p = v->pos;
 
+		/* Plain ASCII needs no check beyond this (most of any text). */
+		while (p < v->len && s[p] >= 0x20 && s[p] < 0x80 && s[p] != '"' && s[p] != '\\')
+			p++;
+		v->pos = p;
 		if (v->pos >= v->len)
 			return vfail(v, start, "unterminated string");
 		c = v->s[v->pos];
 		if (c == '"') {
+			if (v->toks)
+				vtok(v, JSMN_STRING, start + 1, v->pos, key);
 			v->pos++;
 			return 0;
 		}
@@ -163,6 +189,8 @@ static int vnumber(struct vstate *v)
 	}
 	if (p < n && is_word(s[p]))
 		goto bad;
+	if (v->toks)
+		vtok(v, JSMN_PRIMITIVE, start, p, 0);
 	v->pos = p;
 	return 0;
 bad:
@@ -180,6 +208,8 @@ static int vword(struct vstate *v)
 	if ((n == 4 && !memcmp(v->s + start, "true", 4)) ||
 	    (n == 5 && !memcmp(v->s + start, "false", 5)) ||
 	    (n == 4 && !memcmp(v->s + start, "null", 4))) {
+		if (v->toks)
+			vtok(v, JSMN_PRIMITIVE, start, p, 0);
 		v->pos = p;
 		return 0;
 	}
@@ -212,16 +242,20 @@ static int vvalue(struct vstate *v, int depth)
 	c = v->s[v->pos];
 	if (c == '{' || c == '[') {
 		unsigned char close = c == '{' ? '}' : ']';
+		unsigned tok = 0;
+		int size = 0;
 
 		if (depth >= TPO_JSON_DEPTH_MAX)
 			return vfail(v, v->pos, "nesting deeper than %d levels", TPO_JSON_DEPTH_MAX);
+		if (v->toks)
+			tok = vtok(v, c == '{' ? JSMN_OBJECT : JSMN_ARRAY, v->pos, 0, 0);
 		v->pos++;
 		vws(v);
-		if (v->pos < v->len && v->s[v->pos] == close) {
-			v->pos++;
-			return 0;
-		}
 		for (;;) {
+			if (v->pos < v->len && v->s[v->pos] == close && size == 0) {
+				v->pos++;
+				break;
+			}
 			if (c == '{') {
 				vws(v);
 				if (v->pos >= v->len || v->s[v->pos] != '"') {
@@ -229,7 +263,7 @@ static int vvalue(struct vstate *v, int depth)
 						return vfail(v, v->pos, "trailing comma before '}'");
 					return vunexpected(v, "a string key");
 				}
-				if ((r = vstring(v)) < 0)
+				if ((r = vstring(v, 1)) < 0)
 					return r;
 				vws(v);
 				if (v->pos >= v->len || v->s[v->pos] != ':')
@@ -242,6 +276,7 @@ static int vvalue(struct vstate *v, int depth)
 			}
 			if ((r = vvalue(v, depth + 1)) < 0)
 				return r;
+			size++;
 			vws(v);
 			if (v->pos < v->len && v->s[v->pos] == ',') {
 				v->pos++;
@@ -249,13 +284,18 @@ static int vvalue(struct vstate *v, int depth)
 			}
 			if (v->pos < v->len && v->s[v->pos] == close) {
 				v->pos++;
-				return 0;
+				break;
 			}
 			return vunexpected(v, c == '{' ? "',' or '}'" : "',' or ']'");
 		}
+		if (tok < v->cap) {
+			v->toks[tok].end = (int)v->pos;
+			v->toks[tok].size = size;
+		}
+		return 0;
 	}
 	if (c == '"')
-		return vstring(v);
+		return vstring(v, 0);
 	if (c == '-' || (c >= '0' && c <= '9'))
 		return vnumber(v);
 	if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_')
@@ -265,7 +305,7 @@ static int vvalue(struct vstate *v, int depth)
 
 int tpo_json_validate(const char *js, size_t len, struct tpo_json_error *err)
 {
-	struct vstate v = { (const unsigned char *)js, len, 0, err };
+	struct vstate v = { (const unsigned char *)js, len, 0, err, NULL, 0, 0 };
 	int r;
 
 	if (len >= 3 && !memcmp(js, "\xef\xbb\xbf", 3))
@@ -312,6 +352,46 @@ err_jsmn:
 		snprintf(err->msg, sizeof(err->msg), "jsmn rejected the input");
 	}
 	return -EINVAL;
+}
+
+int tpo_json_tokenize_into(const char *js, size_t len, jsmntok_t **toks, unsigned *cap,
+			   struct tpo_json_error *err)
+{
+	static jsmntok_t none;
+	struct vstate v;
+	int r;
+
+	if (len > INT_MAX)
+		return -EFBIG;
+	/* One strict pass validates and writes jsmn's tokens; a second only
+	 * when the array had to grow. */
+	for (int pass = 0; pass < 2; pass++) {
+		v = (struct vstate){ (const unsigned char *)js, len, 0, err,
+				     *toks ? *toks : &none, *toks ? *cap : 0, 0 };
+		if (len >= 3 && !memcmp(js, "\xef\xbb\xbf", 3))
+			return tpo_json_validate(js, len, err);
+		r = vvalue(&v, 0);
+		if (r < 0)
+			return r;
+		vws(&v);
+		if (v.pos < len)
+			return vfail(&v, v.pos, "unexpected data after the JSON value");
+		if (v.n <= v.cap)
+			return (int)v.n;
+		if (pass == 0) {
+			unsigned want = *cap ? *cap : 32;
+			jsmntok_t *t;
+
+			while (want < v.n)
+				want *= 2;
+			t = realloc(*toks, (size_t)want * sizeof(*t));
+			if (!t)
+				return -ENOMEM;
+			*toks = t;
+			*cap = want;
+		}
+	}
+	return -EINVAL;   /* unreachable: the second pass had room */
 }
 
 void tpo_json_linecol(const char *js, size_t len, size_t off, int *line, int *col)

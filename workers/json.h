@@ -10,7 +10,7 @@
  * document: an object's size is its number of keys, each key token has size
  * 1 and is followed by its value's subtree.
  *
- * Thread-safe; no state. Nothing here allocates except tpo_json_tokenize.
+ * Thread-safe; no state. Nothing here allocates except the tokenizers.
  */
 #ifndef TPO_JSON_H
 #define TPO_JSON_H
@@ -44,6 +44,15 @@ int tpo_json_validate(const char *js, size_t len, struct tpo_json_error *err);
  * -ENOMEM.
  */
 int tpo_json_tokenize(const char *js, size_t len, jsmntok_t **toks, struct tpo_json_error *err);
+
+/*
+ * Like tpo_json_tokenize, into a caller-kept array: *toks holds *cap tokens
+ * (NULL and 0 at first) and grows when js needs more, so a caller parsing
+ * many documents allocates only while its largest grows. One jsmn pass
+ * unless the array grows. The caller frees *toks. Same returns.
+ */
+int tpo_json_tokenize_into(const char *js, size_t len, jsmntok_t **toks, unsigned *cap,
+			   struct tpo_json_error *err);
 
 /* 1-based line and column of byte offset off; columns count UTF-8 characters. */
 void tpo_json_linecol(const char *js, size_t len, size_t off, int *line, int *col);

@@ -48,21 +48,18 @@ static int an_request(const struct tpo_up_req *r, char *path, size_t pathcap,
 	return err ? -ENOMEM : 0;
 }
 
-static int parse(struct tpo_up_call *c, const char *js, size_t len, jsmntok_t **t)
+static int parse(struct tpo_up_call *c, const char *js, size_t len, const jsmntok_t **t)
 {
-	int nt = tpo_json_tokenize(js, len, t, NULL);
+	int nt = tpo_up_json_parse(c, js, len, t);
 
 	if (nt < 0)
 		return tpo_up_error(c, 0, "the model server sent invalid JSON");
-	if ((*t)[0].type != JSMN_OBJECT) {
-		free(*t);
-		*t = NULL;
+	if ((*t)[0].type != JSMN_OBJECT)
 		return tpo_up_error(c, 0, "the model server sent JSON that is not an object");
-	}
 	return nt;
 }
 
-static int an_error(struct tpo_up_call *c, const char *js, jsmntok_t *t, int nt)
+static int an_error(struct tpo_up_call *c, const char *js, const jsmntok_t *t, int nt)
 {
 	const char *s;
 	char type[64] = "error";
@@ -78,7 +75,7 @@ static int an_error(struct tpo_up_call *c, const char *js, jsmntok_t *t, int nt)
 
 static int an_event(struct tpo_up_call *c, const char *name, const char *data, size_t len)
 {
-	jsmntok_t *t = NULL;
+	const jsmntok_t *t;
 	const char *s;
 	int nt, n, err = 0;
 
@@ -103,13 +100,12 @@ static int an_event(struct tpo_up_call *c, const char *name, const char *data, s
 		if (n > 0)
 			tpo_up_finish_hint(c, tpo_up_finish_of(s));
 	}
-	free(t);
 	return err;
 }
 
 static int an_body(struct tpo_up_call *c, const char *data, size_t len)
 {
-	jsmntok_t *t = NULL;
+	const jsmntok_t *t;
 	const char *s;
 	char path[32];
 	int nt = parse(c, data, len, &t), n, err = 0;
@@ -118,7 +114,6 @@ static int an_body(struct tpo_up_call *c, const char *data, size_t len)
 		return nt;
 	if (tpo_json_find(data, t, nt, 0, "error") >= 0) {
 		err = an_error(c, data, t, nt);
-		free(t);
 		return err;
 	}
 	for (int k = 0; !err; k++) {
@@ -136,7 +131,6 @@ static int an_body(struct tpo_up_call *c, const char *data, size_t len)
 	n = tpo_up_json_str(c, data, t, nt, "stop_reason", &s);
 	if (!err)
 		tpo_up_end(c, n > 0 ? tpo_up_finish_of(s) : TPO_FINISH_STOP);
-	free(t);
 	return err;
 }
 

@@ -39,23 +39,20 @@ static int lc_request(const struct tpo_up_req *r, char *path, size_t pathcap,
 
 static int lc_object(struct tpo_up_call *c, const char *js, size_t len)
 {
-	jsmntok_t *t = NULL;
+	const jsmntok_t *t;
 	const char *s;
 	int nt, n, i, err = 0;
 	bool stop = false, limit = false;
 
-	nt = tpo_json_tokenize(js, len, &t, NULL);
+	nt = tpo_up_json_parse(c, js, len, &t);
 	if (nt < 0)
 		return tpo_up_error(c, 0, "the model server sent invalid JSON");
-	if (t[0].type != JSMN_OBJECT) {
-		free(t);
+	if (t[0].type != JSMN_OBJECT)
 		return tpo_up_error(c, 0, "the model server sent JSON that is not an object");
-	}
 	if (tpo_json_find(js, t, nt, 0, "error") >= 0) {
 		n = tpo_up_json_str(c, js, t, nt, "error.message", &s);
 		err = tpo_up_error(c, 0, "model server error: %.*s", n > 0 ? n : 7,
 				   n > 0 ? s : "unknown");
-		free(t);
 		return err;
 	}
 	n = tpo_up_json_str(c, js, t, nt, "content", &s);
@@ -67,7 +64,6 @@ static int lc_object(struct tpo_up_call *c, const char *js, size_t len)
 		tpo_json_get_bool(js, &t[i], &stop);
 	if (!err && stop)
 		tpo_up_end(c, limit ? TPO_FINISH_LENGTH : TPO_FINISH_STOP);
-	free(t);
 	return err;
 }
 

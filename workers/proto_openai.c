@@ -51,55 +51,89 @@ static int oa_request(const struct tpo_up_req *r, char *path, size_t pathcap,
 	return err ? -ENOMEM : 0;
 }
 
+/*
+ * The values of keys names[0..n) (n <= 4) of the object toks[obj] into
+ * val[] (-1: absent), in one pass over its keys.
+ */
+static void oa_keys(const char *js, const jsmntok_t *t, int nt, int obj,
+		    const char *const *names, int n, int *val)
+{
+	size_t nlen[4];
+	int k = obj + 1;
+
+	for (int i = 0; i < n; i++)
+		val[i] = -1;
+	if (obj < 0 || obj >= nt || t[obj].type != JSMN_OBJECT || n > 4)
+		return;
+	for (int i = 0; i < n; i++)
+		nlen[i] = strlen(names[i]);
+	for (int m = 0; m < t[obj].size && k + 1 < nt; m++) {
+		size_t kl = (size_t)(t[k].end - t[k].start);
+		for (int i = 0; i < n; i++) {
+			if (val[i] < 0 && kl == nlen[i] && !memcmp(js + t[k].start, names[i], kl)) {
+				val[i] = k + 1;
+				break;
+			}
+		}
+		k = tpo_json_skip(t, nt, k);
+		if (k < 0)
+			return;
+	}
+}
+
 /* One chunk or answer object: tokens, finish reason, errors. */
 static int oa_object(struct tpo_up_call *c, const char *js, size_t len)
 {
-	static const char *const text_paths[] = {
-		"choices.0.delta.content", "choices.0.text", "choices.0.message.content",
-	};
-	jsmntok_t *t = NULL;
+	static const char *const top[] = { "error", "choices", "usage" };
+	static const char *const choice[] = { "delta", "text", "message", "finish_reason" };
+	static const char *const content[] = { "content" };
+	static const char *const usage[] = { "prompt_tokens", "completion_tokens" };
+	const jsmntok_t *t;
 	const char *s;
-	int nt, n, err = 0;
+	int nt, n, err = 0, tv[3], cv[4], uv[2], x;
 
-	nt = tpo_json_tokenize(js, len, &t, NULL);
+	nt = tpo_up_json_parse(c, js, len, &t);
 	if (nt < 0)
 		return tpo_up_error(c, 0, "the model server sent invalid JSON");
-	if (t[0].type != JSMN_OBJECT) {
-		free(t);
+	if (t[0].type != JSMN_OBJECT)
 		return tpo_up_error(c, 0, "the model server sent JSON that is not an object");
-	}
-	if (tpo_json_find(js, t, nt, 0, "error") >= 0) {
+	oa_keys(js, t, nt, 0, top, 3, tv);
+	if (tv[0] >= 0) {
 		n = tpo_up_json_str(c, js, t, nt, "error.message", &s);
 		if (n < 0)
 			n = tpo_up_json_str(c, js, t, nt, "error", &s);
-		err = tpo_up_error(c, 0, "model server error: %.*s", n > 0 ? n : 7,
-				   n > 0 ? s : "unknown");
-		free(t);
-		return err;
+		return tpo_up_error(c, 0, "model server error: %.*s", n > 0 ? n : 7,
+				    n > 0 ? s : "unknown");
 	}
-	for (size_t k = 0; k < sizeof(text_paths) / sizeof(text_paths[0]); k++) {
-		n = tpo_up_json_str(c, js, t, nt, text_paths[k], &s);
-		if (n > 0) {
+	/* choices[0]: delta.content (chat chunk), text (completion), then
+	 * message.content (whole chat answer), the first non-empty one. */
+	x = tv[1] >= 0 && t[tv[1]].type == JSMN_ARRAY && t[tv[1]].size > 0 ? tv[1] + 1 : -1;
+	oa_keys(js, t, nt, x, choice, 4, cv);
+	for (int k = 0; k < 3; k++) {
+		int v = cv[k];
+		if (v < 0)
+			continue;
+		if (k != 1)
+			oa_keys(js, t, nt, v, content, 1, &v);
+		if (v >= 0 && (n = tpo_up_json_tokstr(c, js, &t[v], &s)) > 0) {
 			err = tpo_up_token(c, s, (size_t)n);
 			break;
 		}
 	}
 	if (!err) {
 		int64_t pt = 0, ct = 0;
-		int i;
-		n = tpo_up_json_str(c, js, t, nt, "choices.0.finish_reason", &s);
-		if (n > 0)
+		if (cv[3] >= 0 && (n = tpo_up_json_tokstr(c, js, &t[cv[3]], &s)) > 0)
 			tpo_up_finish_hint(c, tpo_up_finish_of(s));
 		/* usage: in a whole answer, or the last chunk of a stream. */
-		if ((i = tpo_json_find(js, t, nt, 0, "usage.prompt_tokens")) >= 0)
-			tpo_json_get_int64(js, &t[i], &pt);
-		if ((i = tpo_json_find(js, t, nt, 0, "usage.completion_tokens")) >= 0)
-			tpo_json_get_int64(js, &t[i], &ct);
+		oa_keys(js, t, nt, tv[2], usage, 2, uv);
+		if (uv[0] >= 0)
+			tpo_json_get_int64(js, &t[uv[0]], &pt);
+		if (uv[1] >= 0)
+			tpo_json_get_int64(js, &t[uv[1]], &ct);
 		if (pt > 0 || ct > 0)
 			tpo_up_usage(c, pt > 0 && pt < UINT32_MAX ? (uint32_t)pt : 0,
 				     ct > 0 && ct < UINT32_MAX ? (uint32_t)ct : 0);
 	}
-	free(t);
 	return err;
 }
 

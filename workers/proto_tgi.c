@@ -38,7 +38,7 @@ static int tgi_request(const struct tpo_up_req *r, char *path, size_t pathcap,
 	return err ? -ENOMEM : 0;
 }
 
-static int tgi_finish(struct tpo_up_call *c, const char *js, jsmntok_t *t, int nt)
+static int tgi_finish(struct tpo_up_call *c, const char *js, const jsmntok_t *t, int nt)
 {
 	const char *s;
 	int n = tpo_up_json_str(c, js, t, nt, "details.finish_reason", &s);
@@ -48,17 +48,16 @@ static int tgi_finish(struct tpo_up_call *c, const char *js, jsmntok_t *t, int n
 
 static int tgi_parse(struct tpo_up_call *c, const char *js, size_t len, int whole)
 {
-	jsmntok_t *t = NULL;
+	const jsmntok_t *t;
 	const char *s;
 	int nt, n, i, err = 0;
 	bool special = false;
 
-	nt = tpo_json_tokenize(js, len, &t, NULL);
+	nt = tpo_up_json_parse(c, js, len, &t);
 	if (nt < 0)
 		return tpo_up_error(c, 0, "the model server sent invalid JSON");
 	if (t[0].type == JSMN_ARRAY && whole && t[0].size > 0) {
 		/* /generate may answer [{"generated_text": ...}] */
-		free(t);
 		const char *p = memchr(js, '{', len), *q = js + len;
 		if (!p)
 			return tpo_up_error(c, 0, "the model server sent an answer without an object");
@@ -67,15 +66,12 @@ static int tgi_parse(struct tpo_up_call *c, const char *js, size_t len, int whol
 		return p && q > p ? tgi_parse(c, p, (size_t)(q - p), 1)
 				  : tpo_up_error(c, 0, "the model server sent an empty answer");
 	}
-	if (t[0].type != JSMN_OBJECT) {
-		free(t);
+	if (t[0].type != JSMN_OBJECT)
 		return tpo_up_error(c, 0, "the model server sent JSON that is not an object");
-	}
 	if (tpo_json_find(js, t, nt, 0, "error") >= 0) {
 		n = tpo_up_json_str(c, js, t, nt, "error", &s);
 		err = tpo_up_error(c, 0, "model server error: %.*s", n > 0 ? n : 7,
 				   n > 0 ? s : "unknown");
-		free(t);
 		return err;
 	}
 	if (whole) {
@@ -84,7 +80,6 @@ static int tgi_parse(struct tpo_up_call *c, const char *js, size_t len, int whol
 			err = tpo_up_token(c, s, (size_t)n);
 		if (!err)
 			tpo_up_end(c, tgi_finish(c, js, t, nt));
-		free(t);
 		return err;
 	}
 	if ((i = tpo_json_find(js, t, nt, 0, "token.special")) >= 0)
@@ -95,7 +90,6 @@ static int tgi_parse(struct tpo_up_call *c, const char *js, size_t len, int whol
 	i = tpo_json_find(js, t, nt, 0, "generated_text");
 	if (!err && i >= 0 && t[i].type == JSMN_STRING)
 		tpo_up_end(c, tgi_finish(c, js, t, nt));
-	free(t);
 	return err;
 }
 

@@ -116,11 +116,15 @@ int tpo_sse_feed(struct tpo_sse *p, const char *buf, size_t len)
 		i = 1;                          /* the LF of a CRLF split across feeds */
 	p->cr = 0;
 	while (i < len) {
-		const char *s = buf + i;
-		size_t rest = len - i, n = 0;
+		const char *s = buf + i, *lf, *cr;
+		size_t rest = len - i, n;
 
-		while (n < rest && s[n] != '\n' && s[n] != '\r')
-			n++;
+		/* The first LF or CR: memchr is vectorised, a byte loop is not. */
+		lf = memchr(s, '\n', rest);
+		n = lf ? (size_t)(lf - s) : rest;
+		cr = memchr(s, '\r', n);
+		if (cr)
+			n = (size_t)(cr - s);
 		if (n == rest) {                /* no terminator: keep the piece */
 			err = grow(&p->line, &p->line_cap, p->line_len + n, p->max);
 			if (err < 0)

@@ -2,10 +2,23 @@
  * upstream.c — the HTTP model worker engine (see upstream.h).
  *
  * One libcurl multi handle per infer process; every job is one easy handle
- * at a time (a retry gets a fresh one; the multi's connection cache keeps
- * connections alive across them). The stage drives it from its own loop:
- * drive() runs curl_multi_perform and collects finished transfers; wait()
- * sleeps in curl_multi_poll with the stage's doorbell as an extra fd.
+ * at a time. Easy handles come from a pool (struct uh) and go back to it
+ * reset (curl_easy_reset: no option, header list or buffer of a previous
+ * call survives), so an attempt costs no handle setup. The multi's
+ * connection cache is as large as the jobs it may run at once: an open-loop
+ * burst must not leave more connections behind than curl's default cache
+ * (4 per attached handle) keeps, or every burst would open new ones.
+ *
+ * A stream whose end marker arrived while its HTTP response had not ended
+ * (the chunked terminator comes in a later packet) is answered at once; its
+ * handle stays attached as a "drain" (no call) until curl reads the
+ * terminator and puts the connection back into the cache, or DRAIN_MS
+ * passes and the connection is closed. Removing it at once would close a
+ * keep-alive connection per streamed answer.
+ *
+ * The stage drives it from its own loop: drive() runs curl_multi_perform and
+ * collects finished transfers; wait() sleeps in curl_multi_poll with the
+ * stage's doorbell as an extra fd.
  *
  * Life of a job (struct tpo_up_call):
  *
@@ -48,6 +61,8 @@
 #define RESP_MAX     (64u << 20)   /* largest non-streamed answer */
 #define ERRBODY_MAX  (64u << 10)   /* kept of an error body */
 #define MS           1000000ull
+#define DRAIN_MS     200           /* longest wait for a drained stream's end */
+#define POOL_MAX     64            /* idle easy handles kept */
 
 /* ---- buffers --------------------------------------------------------- */
 
@@ -135,6 +150,22 @@ struct ep {
 	uint32_t slots;                  /* "#slots=N" of the URL, 0 none */
 };
 
+/*
+ * An easy handle with what curl points into: it outlives calls. c is the
+ * call it serves, NULL while it drains or idles in the pool.
+ */
+struct uh {
+	CURL *easy;
+	struct tpo_up_call *c;
+	struct uh *next;                 /* pool or drain list */
+	uint64_t drain_until;
+	/* What curl reads while the transfer runs, so a drain outlives its
+	 * call safely: the request's header list and body. */
+	struct curl_slist *hdrs;
+	struct tpo_buf body;
+	char errbuf[CURL_ERROR_SIZE];
+};
+
 struct up {
 	const struct tpo_proto *proto;
 	struct tpo_config_timeouts to;
@@ -146,7 +177,12 @@ struct up {
 	int nep;
 	struct tpo_stats *stats;
 	uint64_t rng;
-	int running;                     /* easy handles attached */
+	int running;                     /* easy handles attached (drains too) */
+	struct uh *pool;                 /* idle handles, reset */
+	int npool;
+	struct uh *drains;               /* attached handles without a call */
+	jsmntok_t *toks;                 /* tpo_up_json_parse's tokens */
+	unsigned ntoks_cap;
 };
 
 enum { C_RUNNING = 1, C_WAIT_RETRY, C_ENDED };
@@ -155,12 +191,12 @@ enum { F_TRANSIENT, F_TIMEOUT, F_THROTTLE };
 struct tpo_up_call {
 	struct up *u;
 	struct tpo_job *job;
-	CURL *easy;
-	struct curl_slist *hdrs;
-	struct tpo_buf body, resp, scratch;
+	struct uh *h;                    /* the attempt's handle, NULL between */
+	CURL *easy;                      /* h->easy */
+	struct tpo_buf resp, scratch;
 	struct tpo_sse sse;
-	char errbuf[CURL_ERROR_SIZE];
 	int state;
+	int xfer_done;                   /* curl reported the transfer's end */
 	int ep, probe, stream, sse_mode;
 	uint32_t attempts, tokens, attempt_tokens;
 	uint64_t sent_ns, last_ns, retry_at;
@@ -333,26 +369,44 @@ int tpo_up_error(struct tpo_up_call *c, int status, const char *fmt, ...)
 	return -EPROTO;
 }
 
-int tpo_up_json_str(struct tpo_up_call *c, const char *js, const jsmntok_t *toks,
-		    int ntoks, const char *path, const char **out)
+int tpo_up_json_parse(struct tpo_up_call *c, const char *js, size_t len,
+		      const jsmntok_t **toks)
 {
-	int i = tpo_json_find(js, toks, ntoks, 0, path), n, err;
-	size_t raw;
+	struct up *u = c->u;
+	int n = tpo_json_tokenize_into(js, len, &u->toks, &u->ntoks_cap, NULL);
 
-	if (i < 0)
-		return i;
-	if (toks[i].type != JSMN_STRING)
+	*toks = u->toks;
+	return n;
+}
+
+int tpo_up_json_tokstr(struct tpo_up_call *c, const char *js, const jsmntok_t *t,
+		       const char **out)
+{
+	size_t raw;
+	int n, err;
+
+	if (t->type != JSMN_STRING)
 		return -ENOENT;
-	raw = (size_t)(toks[i].end - toks[i].start);
+	raw = (size_t)(t->end - t->start);
 	c->scratch.len = 0;
 	err = tpo_buf_put(&c->scratch, NULL, raw + 1);
 	if (err < 0)
 		return err;
-	n = tpo_json_get_string(js, &toks[i], c->scratch.p, raw + 1);
+	n = tpo_json_get_string(js, t, c->scratch.p, raw + 1);
 	if (n < 0)
 		return n;
 	*out = c->scratch.p;
 	return n;
+}
+
+int tpo_up_json_str(struct tpo_up_call *c, const char *js, const jsmntok_t *toks,
+		    int ntoks, const char *path, const char **out)
+{
+	int i = tpo_json_find(js, toks, ntoks, 0, path);
+
+	if (i < 0)
+		return i;
+	return tpo_up_json_tokstr(c, js, &toks[i], out);
 }
 
 int tpo_up_finish_of(const char *reason)
@@ -376,9 +430,11 @@ static int on_sse(void *arg, const char *event, const char *data, size_t len)
 
 static size_t on_header(char *p, size_t size, size_t n, void *arg)
 {
-	struct tpo_up_call *c = arg;
+	struct tpo_up_call *c = ((struct uh *)arg)->c;
 	size_t len = size * n;
 
+	if (!c)
+		return len;                    /* a drain */
 	if (len >= 5 && !memcmp(p, "HTTP/", 5))
 		c->retry_after_ms = -1;        /* a new response (after 100 Continue) */
 	else if (len > 12 && !strncasecmp(p, "Retry-After:", 12)) {
@@ -397,10 +453,12 @@ static size_t on_header(char *p, size_t size, size_t n, void *arg)
 
 static size_t on_data(char *p, size_t size, size_t n, void *arg)
 {
-	struct tpo_up_call *c = arg;
+	struct tpo_up_call *c = ((struct uh *)arg)->c;
 	size_t len = size * n;
 	int err;
 
+	if (!c)
+		return len;                    /* a drain: bytes after the end marker */
 	if (!c->status) {
 		char *ct = NULL;
 		curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &c->status);
@@ -437,18 +495,103 @@ static size_t on_data(char *p, size_t size, size_t n, void *arg)
 	return len;
 }
 
-static void detach(struct tpo_up_call *c)
+/* ---- easy handles --------------------------------------------------- */
+
+/* A handle from the pool (reset), or a new one; NULL: out of memory. */
+static struct uh *uh_get(struct up *u)
+{
+	struct uh *h = u->pool;
+
+	if (h) {
+		u->pool = h->next;
+		u->npool--;
+	} else {
+		h = calloc(1, sizeof(*h));
+		if (!h)
+			return NULL;
+		h->easy = curl_easy_init();
+		if (!h->easy) {
+			free(h);
+			return NULL;
+		}
+	}
+	h->next = NULL;
+	h->c = NULL;
+	h->errbuf[0] = 0;
+	return h;
+}
+
+static void uh_free(struct uh *h)
+{
+	curl_easy_cleanup(h->easy);
+	curl_slist_free_all(h->hdrs);
+	tpo_buf_free(&h->body);
+	free(h);
+}
+
+/* Back to the pool, detached from the multi: every option, the header list
+ * and the body go, the connection stays in the multi's cache. */
+static void uh_put(struct up *u, struct uh *h)
+{
+	if (u->npool >= POOL_MAX) {
+		uh_free(h);
+		return;
+	}
+	curl_easy_reset(h->easy);
+	curl_slist_free_all(h->hdrs);
+	h->hdrs = NULL;
+	h->body.len = 0;
+	if (h->body.cap > (64u << 10))
+		tpo_buf_free(&h->body);   /* a rare huge prompt keeps no memory */
+	h->c = NULL;
+	h->next = u->pool;
+	u->pool = h;
+	u->npool++;
+}
+
+/* Detaches h from the multi (closing its connection if the response has not
+ * ended) and pools it. */
+static void uh_remove(struct up *u, struct uh *h)
+{
+	curl_multi_remove_handle(u->multi, h->easy);
+	u->running--;
+	uh_put(u, h);
+}
+
+static void drain_unlink(struct up *u, struct uh *h)
+{
+	for (struct uh **pp = &u->drains; *pp; pp = &(*pp)->next) {
+		if (*pp == h) {
+			*pp = h->next;
+			h->next = NULL;
+			return;
+		}
+	}
+}
+
+/*
+ * The attempt gives up its handle. drain: the answer is complete but curl
+ * has not seen the response end: the handle stays attached without a call
+ * (see the file comment). Otherwise it is removed (a running transfer's
+ * connection is closed, so the upstream stops generating).
+ */
+static void detach(struct tpo_up_call *c, int drain)
 {
 	struct up *u = c->u;
+	struct uh *h = c->h;
 
-	if (!c->easy)
+	if (!h)
 		return;
-	curl_multi_remove_handle(u->multi, c->easy);
-	curl_easy_cleanup(c->easy);
+	c->h = NULL;
 	c->easy = NULL;
-	curl_slist_free_all(c->hdrs);
-	c->hdrs = NULL;
-	u->running--;
+	h->c = NULL;
+	if (drain) {
+		h->drain_until = tpo_now_ns() + (uint64_t)DRAIN_MS * MS;
+		h->next = u->drains;
+		u->drains = h;
+	} else {
+		uh_remove(u, h);
+	}
 	if (c->ep >= 0) {
 		struct ep *e = &u->ep[c->ep];
 		e->inflight--;
@@ -463,7 +606,7 @@ static void detach(struct tpo_up_call *c)
 /* Ends the job with an error; c is freed by the stage's cancel(). */
 static void final_fail(struct tpo_up_call *c, int status, const char *msg)
 {
-	detach(c);
+	detach(c, 0);
 	c->state = C_ENDED;
 	c->job->wake_ns = 0;
 	c->job->sink->fail(c->job, status, msg);
@@ -475,7 +618,7 @@ static void succeed(struct tpo_up_call *c, uint64_t now)
 
 	if (c->ep >= 0)
 		ep_ok(u, &u->ep[c->ep], now);
-	detach(c);
+	detach(c, !c->xfer_done);
 	c->state = C_ENDED;
 	c->job->wake_ns = 0;
 	c->job->sink->done(c->job, c->finish);
@@ -525,7 +668,7 @@ static void attempt_fail(struct tpo_up_call *c, int kind, long status, int count
 		if (u->stats)
 			tpo_stats_ep_add(u->stats, u->ep[c->ep].slot, 0, 0, 1);
 	}
-	detach(c);
+	detach(c, 0);
 	final_status = kind == F_TIMEOUT ? 504 : (status == 429 ? 429 : 502);
 	if (c->tokens > 0) {
 		snprintf(msg, sizeof(msg), "upstream %s failed after %u tokens: %s", url,
@@ -548,7 +691,7 @@ static void attempt_fail(struct tpo_up_call *c, int kind, long status, int count
 static void error_text(struct tpo_up_call *c, char *out, size_t cap)
 {
 	static const char *const paths[] = { "error.message", "message", "error", "detail" };
-	jsmntok_t *t = NULL;
+	const jsmntok_t *t;
 	int nt;
 	const char *s;
 	size_t n = 0;
@@ -556,18 +699,16 @@ static void error_text(struct tpo_up_call *c, char *out, size_t cap)
 	out[0] = 0;
 	if (!c->resp.len)
 		return;
-	nt = tpo_json_tokenize(c->resp.p, c->resp.len, &t, NULL);
+	nt = tpo_up_json_parse(c, c->resp.p, c->resp.len, &t);
 	if (nt > 0) {
 		for (size_t k = 0; k < sizeof(paths) / sizeof(paths[0]); k++) {
 			int len = tpo_up_json_str(c, c->resp.p, t, nt, paths[k], &s);
 			if (len > 0) {
 				snprintf(out, cap, "%.*s", len, s);
-				free(t);
 				return;
 			}
 		}
 	}
-	free(t);
 	for (size_t i = 0; i < c->resp.len && n + 1 < cap && n < 300; i++) {
 		unsigned char ch = (unsigned char)c->resp.p[i];
 		out[n++] = (ch < 0x20 || ch == 0x7f) ? ' ' : (char)ch;
@@ -584,6 +725,7 @@ static void complete(struct tpo_up_call *c, CURLcode rc)
 	uint64_t now = tpo_now_ns();
 	char what[400], body[320];
 
+	c->xfer_done = 1;
 	if (c->abort_rc) {
 		/* The stage is stopping or out of memory: nobody to answer. */
 		final_fail(c, 500, "the infer stage could not forward the answer");
@@ -603,7 +745,7 @@ static void complete(struct tpo_up_call *c, CURLcode rc)
 	}
 	if (rc != CURLE_OK) {
 		snprintf(what, sizeof(what), "%s%s%s", curl_easy_strerror(rc),
-			 c->errbuf[0] ? ": " : "", c->errbuf);
+			 c->h->errbuf[0] ? ": " : "", c->h->errbuf);
 		attempt_fail(c, rc == CURLE_OPERATION_TIMEDOUT ? F_TIMEOUT : F_TRANSIENT, 0, 1,
 			     what);
 		return;
@@ -653,6 +795,7 @@ static int launch(struct tpo_up_call *c, uint64_t now)
 	char path[256], url[TPO_CONFIG_URL_LEN + 256];
 	const char *p;
 	struct ep *e;
+	struct uh *h = NULL;
 	int probe, i, err;
 	uint64_t total_ms;
 
@@ -682,9 +825,13 @@ static int launch(struct tpo_up_call *c, uint64_t now)
 	r.chat = !!(job->flags & TPO_REQF_CHAT);
 	r.api_key = e->key;
 	r.slots = e->slots;
-	c->body.len = 0;
+	h = uh_get(u);
+	if (!h) {
+		err = -ENOMEM;
+		goto fail;
+	}
 	path[0] = 0;
-	err = u->proto->request(&r, path, sizeof(path), &c->hdrs, &c->body);
+	err = u->proto->request(&r, path, sizeof(path), &h->hdrs, &h->body);
 	if (err < 0)
 		goto fail;
 	p = path;
@@ -694,12 +841,13 @@ static int launch(struct tpo_up_call *c, uint64_t now)
 			p += 3;
 	}
 	snprintf(url, sizeof(url), "%s%s", e->url, p);
-	c->hdrs = curl_slist_append(c->hdrs, "Content-Type: application/json");
-	c->hdrs = curl_slist_append(c->hdrs, "Expect:");
-	if (c->stream)
-		c->hdrs = curl_slist_append(c->hdrs, "Accept: text/event-stream");
-	c->easy = curl_easy_init();
-	if (!c->easy || !c->hdrs) {
+	/* No "Expect: 100-continue" round trip before a large body. */
+	h->hdrs = curl_slist_append(h->hdrs, "Content-Type: application/json");
+	if (h->hdrs)
+		h->hdrs = curl_slist_append(h->hdrs, "Expect:");
+	if (h->hdrs && c->stream)
+		h->hdrs = curl_slist_append(h->hdrs, "Accept: text/event-stream");
+	if (!h->hdrs) {
 		err = -ENOMEM;
 		goto fail;
 	}
@@ -709,29 +857,31 @@ static int launch(struct tpo_up_call *c, uint64_t now)
 		if (left < total_ms)
 			total_ms = left;
 	}
-	c->errbuf[0] = 0;
-	curl_easy_setopt(c->easy, CURLOPT_URL, url);
-	curl_easy_setopt(c->easy, CURLOPT_POST, 1L);
-	curl_easy_setopt(c->easy, CURLOPT_POSTFIELDS, c->body.p);
-	curl_easy_setopt(c->easy, CURLOPT_POSTFIELDSIZE, (long)c->body.len);
-	curl_easy_setopt(c->easy, CURLOPT_HTTPHEADER, c->hdrs);
-	curl_easy_setopt(c->easy, CURLOPT_WRITEFUNCTION, on_data);
-	curl_easy_setopt(c->easy, CURLOPT_WRITEDATA, c);
-	curl_easy_setopt(c->easy, CURLOPT_HEADERFUNCTION, on_header);
-	curl_easy_setopt(c->easy, CURLOPT_HEADERDATA, c);
-	curl_easy_setopt(c->easy, CURLOPT_PRIVATE, c);
-	curl_easy_setopt(c->easy, CURLOPT_ERRORBUFFER, c->errbuf);
-	curl_easy_setopt(c->easy, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(c->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)u->to.connect_ms);
-	curl_easy_setopt(c->easy, CURLOPT_TIMEOUT_MS, (long)total_ms);
-	curl_easy_setopt(c->easy, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(c->easy, CURLOPT_PROTOCOLS_STR, "http,https");
-	if (curl_multi_add_handle(u->multi, c->easy) != CURLM_OK) {
-		curl_easy_cleanup(c->easy);
-		c->easy = NULL;
+	/* Every option is set here: the handle comes reset from the pool. */
+	curl_easy_setopt(h->easy, CURLOPT_URL, url);
+	curl_easy_setopt(h->easy, CURLOPT_POST, 1L);
+	curl_easy_setopt(h->easy, CURLOPT_POSTFIELDS, h->body.p);
+	curl_easy_setopt(h->easy, CURLOPT_POSTFIELDSIZE, (long)h->body.len);
+	curl_easy_setopt(h->easy, CURLOPT_HTTPHEADER, h->hdrs);
+	curl_easy_setopt(h->easy, CURLOPT_WRITEFUNCTION, on_data);
+	curl_easy_setopt(h->easy, CURLOPT_WRITEDATA, h);
+	curl_easy_setopt(h->easy, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(h->easy, CURLOPT_HEADERDATA, h);
+	curl_easy_setopt(h->easy, CURLOPT_PRIVATE, h);
+	curl_easy_setopt(h->easy, CURLOPT_ERRORBUFFER, h->errbuf);
+	curl_easy_setopt(h->easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(h->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)u->to.connect_ms);
+	curl_easy_setopt(h->easy, CURLOPT_TIMEOUT_MS, (long)total_ms);
+	curl_easy_setopt(h->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(h->easy, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(h->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	h->c = c;
+	if (curl_multi_add_handle(u->multi, h->easy) != CURLM_OK) {
 		err = -ENOMEM;
 		goto fail;
 	}
+	c->h = h;
+	c->easy = h->easy;
 	u->running++;
 	e->inflight++;
 	if (u->stats)
@@ -744,19 +894,16 @@ static int launch(struct tpo_up_call *c, uint64_t now)
 	c->perr_set = 0;
 	c->finish_hint = -1;
 	c->sse_mode = 0;
+	c->xfer_done = 0;
 	c->resp.len = 0;
 	tpo_sse_reset(&c->sse);
 	job->wake_ns = now + (uint64_t)u->to.first_token_ms * MS;
 	return 0;
 fail:
-	if (c->easy) {
-		/* Created but never added to the multi: detach() must not see it,
-		 * it would count a transfer that never ran. */
-		curl_easy_cleanup(c->easy);
-		c->easy = NULL;
-	}
-	curl_slist_free_all(c->hdrs);
-	c->hdrs = NULL;
+	/* Never added to the multi: detach() must not see it, it would count
+	 * a transfer that never ran. */
+	if (h)
+		uh_put(u, h);
 	if (probe)
 		e->probe_busy = 0;
 	c->probe = 0;
@@ -828,9 +975,8 @@ static void up_cancel(void *w, struct tpo_job *job)
 	(void)w;
 	if (!c)
 		return;
-	detach(c);
+	detach(c, 0);
 	tpo_sse_fini(&c->sse);
-	tpo_buf_free(&c->body);
 	tpo_buf_free(&c->resp);
 	tpo_buf_free(&c->scratch);
 	free(c);
@@ -844,17 +990,32 @@ static void up_drive(void *w, uint64_t now)
 	CURLMsg *m;
 	int still, left;
 
-	(void)now;
 	if (!u->running)
 		return;
 	curl_multi_perform(u->multi, &still);
 	while ((m = curl_multi_info_read(u->multi, &left))) {
-		struct tpo_up_call *c = NULL;
+		struct uh *h = NULL;
 		if (m->msg != CURLMSG_DONE)
 			continue;
-		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&c);
-		if (c)
-			complete(c, m->data.result);
+		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&h);
+		if (!h)
+			continue;
+		if (h->c) {
+			complete(h->c, m->data.result);
+		} else {
+			/* A drain ended: its connection is back in the cache. */
+			drain_unlink(u, h);
+			uh_remove(u, h);
+		}
+	}
+	for (struct uh **pp = &u->drains; *pp;) {
+		struct uh *h = *pp;
+		if (now < h->drain_until) {
+			pp = &h->next;
+			continue;
+		}
+		*pp = h->next;           /* the response never ended: close it */
+		uh_remove(u, h);
 	}
 }
 
@@ -875,9 +1036,22 @@ static void up_destroy(void *w)
 
 	if (!u)
 		return;
+	while (u->drains) {
+		struct uh *h = u->drains;
+		u->drains = h->next;
+		curl_multi_remove_handle(u->multi, h->easy);
+		uh_free(h);
+	}
+	while (u->pool) {
+		struct uh *h = u->pool;
+		u->pool = h->next;
+		uh_free(h);
+	}
 	for (int i = 0; i < u->nep; i++)
 		free(u->ep[i].key);
-	curl_multi_cleanup(u->multi);
+	if (u->multi)
+		curl_multi_cleanup(u->multi);
+	free(u->toks);
 	free(u);
 }
 
@@ -926,6 +1100,9 @@ int tpo_upstream_create(const struct tpo_config_infer *cfg, const struct tpo_pro
 	u->multi = curl_multi_init();
 	if (!u->multi)
 		goto nomem;
+	/* Room for a connection per job that can run at once (see the top). */
+	curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS,
+			  (long)(cfg->max_inflight > 4 ? cfg->max_inflight : 4));
 	u->nep = cfg->nendpoints;
 	for (int i = 0; i < u->nep; i++) {
 		const struct tpo_config_endpoint *ce = &cfg->endpoints[i];

@@ -93,6 +93,20 @@ int tpo_up_error(struct tpo_up_call *c, int status, const char *fmt, ...)
 int tpo_up_json_str(struct tpo_up_call *c, const char *js, const jsmntok_t *toks,
 		    int ntoks, const char *path, const char **out);
 
+/*
+ * Validates and tokenizes js[0..len) into the worker's shared token array
+ * (no allocation once it is large enough): *toks is valid until the next
+ * call, from any call. Returns the token count, or -errno (-EINVAL: not
+ * JSON).
+ */
+int tpo_up_json_parse(struct tpo_up_call *c, const char *js, size_t len,
+		      const jsmntok_t **toks);
+
+/* The string token t unescaped into the call's scratch buffer, as
+ * tpo_up_json_str. */
+int tpo_up_json_tokstr(struct tpo_up_call *c, const char *js, const jsmntok_t *t,
+		       const char **out);
+
 /* Token counts the upstream reported (a usage object); 0 leaves one alone. */
 void tpo_up_usage(struct tpo_up_call *c, uint32_t prompt, uint32_t completion);
 

@@ -18,13 +18,16 @@
 //   [[srv:garbage]]            an event that is not JSON
 //   [[srv:huge]]               one 5 MiB line
 //   [[srv:slow_headers=MS]]    wait MS before the status line
+//   [[srv:end_delay=MS]]       end a stream (chunked terminator) MS after its
+//                              last event
 //   [[srv:key=K]]              count the request under K (on arrival)
 //   [[srv:hold=K]]             hold the request (before any other command acts)
 //                              until GET /release?key=K; later ones pass
 // Without commands: an answer of 5 tokens "tok0".." tok4" in the path's format.
 // GET /count?key=K: requests seen with KEY (flaky or key); GET /held?key=K:
-// requests held now; GET /release?key=K: let them go; GET /last: the last
-// request.
+// requests held now; GET /release?key=K: let them go; GET /conns:
+// connections that carried a POST (a keep-alive client reuses one); GET
+// /last: the last request.
 'use strict';
 const http = require('http');
 const fs = require('fs');
@@ -35,6 +38,7 @@ const counts = {};
 const held = {};      // key -> callbacks of the requests held under it
 const released = {};  // key -> true once /release was asked
 let last = null;
+let postConns = 0;
 
 function cmd(prompt, key) {
 	const m = prompt.match(new RegExp('\\[\\[srv:' + key + '(?:=([^\\]]*))?\\]\\]'));
@@ -98,6 +102,8 @@ const server = http.createServer((req, res) => {
 		const k = url.searchParams.get('key');
 		if (url.pathname === '/count')
 			return res.end(JSON.stringify({ count: counts[k] || 0 }));
+		if (url.pathname === '/conns')
+			return res.end(JSON.stringify({ count: postConns }));
 		if (url.pathname === '/held')
 			return res.end(JSON.stringify({ held: (held[k] || []).length }));
 		if (url.pathname === '/release') {
@@ -108,6 +114,10 @@ const server = http.createServer((req, res) => {
 			return res.end(JSON.stringify({ released: w.length }));
 		}
 		return res.end(JSON.stringify(last));
+	}
+	if (!req.socket.tpoPost) {
+		req.socket.tpoPost = true;
+		postConns++;
 	}
 	let body = '';
 	req.on('data', (d) => body += d);
@@ -174,7 +184,9 @@ const server = http.createServer((req, res) => {
 				return writeChunks(res, evs.slice(0, Number(sa)).join(''), chunk, () => {});
 			if (ra !== null)
 				return writeChunks(res, evs.slice(0, Number(ra)).join(''), chunk, () => setTimeout(() => res.socket.resetAndDestroy(), 20));
-			writeChunks(res, evs.concat(ending(proto, 5)).join(''), chunk, () => res.end());
+			const ed = c('end_delay');
+			writeChunks(res, evs.concat(ending(proto, 5)).join(''), chunk,
+				() => ed === null ? res.end() : setTimeout(() => res.end(), Number(ed)));
 		};
 		const key = c('key');
 		if (key !== null)

@@ -244,3 +244,50 @@ Test(json, tokenize_rejects_what_jsmn_accepts)
 	cr_assert_eq(tpo_json_tokenize("[1 2]", 5, &t, &e), -EINVAL);
 	cr_assert_eq(e.off, 3);
 }
+
+/* tpo_json_tokenize_into's one strict pass makes exactly jsmn's tokens. */
+Test(json, tokenize_into_matches_jsmn)
+{
+	static const char *const docs[] = {
+		"{}", "[]", "0", "\"s\"", "true", " null ", "[[[]]]", "[{}, [], \"\", 0]",
+		" {\"a\": [1, -2.5e+3, 0, true, false, null, \"x\\u00e9\"]}\n",
+		"{\"a\":{\"b\":{}},\"c\":[{\"d\":1},{\"e\":[2,3]}],\"f\":\"\\\"q\\\\\"}",
+		"{\"id\":\"c-1\",\"object\":\"chat.completion.chunk\",\"created\":0,\"choices\":"
+		"[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\" tok\"},"
+		"\"finish_reason\":null}],\"usage\":{\"prompt_tokens\":3}}",
+	};
+	jsmntok_t *into = NULL, small[2];
+	unsigned cap = 0;
+
+	for (size_t i = 0; i < sizeof(docs) / sizeof(docs[0]); i++) {
+		jsmntok_t *ref = NULL;
+		int n = tpo_json_tokenize(docs[i], strlen(docs[i]), &ref, NULL);
+		int m = tpo_json_tokenize_into(docs[i], strlen(docs[i]), &into, &cap, NULL);
+
+		cr_assert_gt(n, 0, "%s", docs[i]);
+		cr_assert_eq(m, n, "%s: %d tokens, jsmn %d", docs[i], m, n);
+		cr_assert_geq(cap, (unsigned)n);
+		for (int k = 0; k < n; k++) {
+			cr_assert_eq(into[k].type, ref[k].type, "%s: token %d type", docs[i], k);
+			cr_assert_eq(into[k].start, ref[k].start, "%s: token %d start", docs[i], k);
+			cr_assert_eq(into[k].end, ref[k].end, "%s: token %d end", docs[i], k);
+			cr_assert_eq(into[k].size, ref[k].size, "%s: token %d size", docs[i], k);
+		}
+		free(ref);
+	}
+	/* A caller's array that is too small grows (it was malloc'd), and
+	 * invalid input fails without touching the array. */
+	{
+		jsmntok_t *t = malloc(sizeof(small));
+		unsigned c = 2;
+		struct tpo_json_error e;
+
+		cr_assert_eq(tpo_json_tokenize_into("[1,2,3]", 7, &t, &c, NULL), 4);
+		cr_assert_geq(c, 4u);
+		cr_assert_eq(t[3].start, 5);
+		cr_assert_eq(tpo_json_tokenize_into("[1 2]", 5, &t, &c, &e), -EINVAL);
+		cr_assert_eq(e.off, 3);
+		free(t);
+	}
+	free(into);
+}

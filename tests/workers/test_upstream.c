@@ -574,3 +574,84 @@ Test(upstream, no_retry_after_first_token)
 	tpo_stats_close(&st);
 	h_stop(&in);
 }
+
+static int srv_conns(void)
+{
+	struct h_conn c;
+	int n;
+
+	h_http(&c, srv_port, "GET", "/conns", NULL, NULL);
+	cr_assert(sscanf(c.body, "{\"count\":%d}", &n) == 1, "%s", c.body);
+	h_conn_free(&c);
+	return n;
+}
+
+/*
+ * Keep-alive: sequential requests share one upstream connection. The
+ * badserver ends each stream (chunked terminator) 20 ms after [DONE]: the
+ * worker answers at [DONE] and must let curl read the terminator instead of
+ * dropping the transfer, which closes the connection (a new TCP connection
+ * per streamed answer: 9 here).
+ */
+Test(upstream, keepalive_connection_reused)
+{
+	char text[4096], finish[32], out[8192];
+	int conns;
+
+	start("ka", "openai", NULL, 100, NULL);
+	cr_assert_eq(chat_once("first", out, sizeof(out)), 200, "%s", out);
+	cr_assert_eq(srv_conns(), 1);
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(chat_once("again", out, sizeof(out)), 200, "%s", out);
+	cr_assert_eq(srv_conns(), 1, "non-streamed answers did not reuse the connection");
+	for (int i = 0; i < 8; i++) {
+		cr_assert_eq(chat_stream("[[srv:end_delay=20]]", text, sizeof(text), finish), 5);
+		cr_assert_str_eq(text, "tok0 tok1 tok2 tok3 tok4");
+		/* Past the terminator: a request sent while the last one still
+		 * drains opens a second connection, legitimately. */
+		h_sleep_ms(60);
+	}
+	conns = srv_conns();
+	cr_assert_leq(conns, 4, "%d connections for 13 sequential requests", conns);
+	h_stop(&in);
+}
+
+/*
+ * Easy handles are pooled: one that served a failed call carries nothing
+ * into the next (headers, body, timeouts). The first call is streamed, has a
+ * 300 ms deadline and stalls (the stage ends it with 504); the next, on the
+ * same handle, is not streamed and waits 700 ms for its answer.
+ */
+Test(upstream, reused_handle_carries_no_state)
+{
+	struct h_conn c;
+	char body[1024], out[8192];
+
+	start("rh", "openai", ", \"api_key_env\": \"TPO_TEST_KEY\"", 100,
+	      "TPO_TEST_KEY=sk-rh");
+	h_chat_body(body, sizeof(body), "[[srv:stall]]", 1, NULL);
+	h_open(&c, in.port, "POST", "/v1/chat/completions", "X-Request-Timeout: 300\r\n", body,
+	       strlen(body));
+	cr_assert_eq(c.status, 504);
+	h_conn_free(&c);
+
+	cr_assert_eq(chat_once("[[srv:slow_headers=700]] second", out, sizeof(out)), 200, "%s",
+		     out);
+	cr_assert(strstr(out, "\"content\":\"tok0 tok1 tok2\""), "%s", out);
+	srv_last(out, sizeof(out));
+	cr_assert(strstr(out, "\"stream\":false"), "%s", out);
+	cr_assert(strstr(out, "second"), "%s", out);
+	cr_assert_null(strstr(out, "stall"), "the old body was sent: %s", out);
+	cr_assert_null(strstr(out, "event-stream"), "the old Accept header was sent: %s", out);
+	cr_assert(strstr(out, "\"authorization\":\"Bearer sk-rh\""), "%s", out);
+	cr_assert(strstr(out, "\"content-type\":\"application/json\""), "%s", out);
+	cr_assert_null(strstr(out, "\"expect\""), "%s", out);
+
+	/* After an HTTP error too. */
+	cr_assert_eq(chat_once("[[srv:status=500]]", out, sizeof(out)), 502, "%s", out);
+	cr_assert_eq(chat_once("[[srv:slow_headers=700]] third", out, sizeof(out)), 200, "%s",
+		     out);
+	srv_last(out, sizeof(out));
+	cr_assert(strstr(out, "third"), "%s", out);
+	h_stop(&in);
+}
