@@ -1077,6 +1077,9 @@ int tpo_upstream_create(const struct tpo_config_infer *cfg, const struct tpo_pro
 		return -EINVAL;
 	}
 	if (!curl_ready) {
+		int e = tpo_curl_load(err, errcap);
+		if (e < 0)
+			return e;
 		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
 			snprintf(err, errcap, "libcurl initialisation failed");
 			return -EIO;

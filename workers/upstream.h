@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <curl/curl.h>
+#include "workers/curl_dl.h"   /* libcurl, loaded at run time */
 
 #include "workers/json.h"
 #include "workers/worker.h"

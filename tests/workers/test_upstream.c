@@ -655,3 +655,45 @@ Test(upstream, reused_handle_carries_no_state)
 	cr_assert(strstr(out, "third"), "%s", out);
 	h_stop(&in);
 }
+
+/* Whether process pid maps a file whose path contains what. */
+static int maps_contain(pid_t pid, const char *what)
+{
+	char path[64], line[1024];
+	FILE *f;
+	int found = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	f = fopen(path, "r");
+	cr_assert(f, "no %s", path);
+	while (!found && fgets(line, sizeof(line), f))
+		found = strstr(line, what) != NULL;
+	fclose(f);
+	return found;
+}
+
+/*
+ * libcurl is loaded by the first HTTP worker (workers/curl_dl.h): an infer
+ * process with the mock maps none of it, one with the openai worker does and
+ * answers through it.
+ */
+Test(upstream, libcurl_mapped_only_by_http_workers)
+{
+	pid_t pids[TPO_NSTAGES * TPO_MAX_LANES], pid;
+	char out[256];
+
+	h_start(&in, "nocurl", "{\"lanes\": 1}");
+	cr_assert_gt(h_stage_pids(&in, pids), 0);
+	pid = pids[TPO_STAGE_INFER * TPO_MAX_LANES];
+	cr_assert_gt(pid, 0);
+	cr_assert_not(maps_contain(pid, "libcurl"), "the mock's infer process maps libcurl");
+	h_stop(&in);
+
+	start("curl", "openai", NULL, 3, NULL);
+	cr_assert_eq(chat_once("hello", out, sizeof(out)), 200);
+	cr_assert_gt(h_stage_pids(&in, pids), 0);
+	pid = pids[TPO_STAGE_INFER * TPO_MAX_LANES];
+	cr_assert_gt(pid, 0);
+	cr_assert(maps_contain(pid, "libcurl"), "the openai worker's infer process has no libcurl");
+	h_stop(&in);
+}
