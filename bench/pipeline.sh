@@ -216,10 +216,14 @@ out, name, port, pids = sys.argv[1:5]
 procs = []
 for line in open(pids):
     stage, lane, pid = line.split()
-    rss = shm_rss = 0
+    rss = shm_rss = uss = pss = 0
     try:
         for l in open(f"/proc/{pid}/status"):
             if l.startswith("VmRSS:"): rss = int(l.split()[1])
+        for l in open(f"/proc/{pid}/smaps_rollup"):
+            f = l.split()
+            if f and f[0] in ("Private_Clean:", "Private_Dirty:"): uss += int(f[1])
+            elif f and f[0] == "Pss:": pss = int(f[1])
         cur = None
         for l in open(f"/proc/{pid}/smaps"):
             f = l.split()
@@ -229,7 +233,8 @@ for line in open(pids):
     except OSError:
         continue
     procs.append({"stage": stage, "lane": int(lane), "pid": int(pid),
-                  "vmrss_kib": rss, "shm_rss_kib": shm_rss, "private_kib": rss - shm_rss})
+                  "vmrss_kib": rss, "shm_rss_kib": shm_rss, "private_kib": rss - shm_rss,
+                  "uss_kib": uss, "pss_kib": pss})
 segs = {}
 for p in glob.glob(f"/dev/shm/tpo.{name}.*"):
     st = os.stat(p)
@@ -311,6 +316,8 @@ overhead() {
 			done
 		done
 	done
+	# Memory of a proxying instance after its load (its infer maps libcurl).
+	[ "$up" = serve ] && snapshot "$R/mem.proxy.json"
 	stop_tpo
 }
 
@@ -798,13 +805,15 @@ if d:
 
 # ---- memory
 mem = {}
-for key in ("default", "idle", "1000", "10000"):
+for key in ("default", "idle", "1000", "10000", "proxy"):
     d = load(os.path.join(R, f"mem.{key}.json"))
     if not d:
         continue
     per = {}
     for p in d.get("procs", []):
-        e = per.setdefault(p["stage"], {"vmrss_kib_max": 0, "private_kib_max": 0, "shm_rss_kib_max": 0, "n": 0})
+        e = per.setdefault(p["stage"], {"vmrss_kib_max": 0, "private_kib_max": 0, "shm_rss_kib_max": 0,
+                                        "uss_kib_max": 0, "n": 0})
+        e["uss_kib_max"] = max(e["uss_kib_max"], p.get("uss_kib", 0))
         e["vmrss_kib_max"] = max(e["vmrss_kib_max"], p["vmrss_kib"])
         e["private_kib_max"] = max(e["private_kib_max"], p["private_kib"])
         e["shm_rss_kib_max"] = max(e["shm_rss_kib_max"], p["shm_rss_kib"])
@@ -822,20 +831,23 @@ if mem:
     md.append("## 6. Memory: VmRSS per stage process (largest lane) at 0, 1k and 10k open streams\n")
     md.append("`default`: idle, default admission limits (max_connections 10000); `idle`, `1000`, `10000`: the "
               "capacity configuration (max_connections 100000, max_inflight_per_lane 1000000, infer max_inflight 10000) with that many open "
-              "streams (1 token/s each, so they stay open). The ratio compares 10k streams with `idle`.\n")
-    keys = [k for k in ("default", "idle", "1000", "10000") if k in mem]
-    md.append("| stage | " + " | ".join(f"{k} streams: VmRSS / private KiB" for k in keys) + " | ratio to idle |\n|---|" + "---|" * (len(keys) + 1))
+              "streams (1 token/s each, so they stay open). The ratio compares 10k streams with `idle`. `proxying`: the overhead scenario's instance (openai worker to the bare responder) after its load.\n")
+    keys = [k for k in ("default", "idle", "1000", "10000", "proxy") if k in mem]
+    md.append("| stage | " + " | ".join((f"{k} streams: VmRSS / private / USS KiB" if k != "proxy" else "proxying (openai worker), after its load: VmRSS / private / USS KiB") for k in keys) + " | ratio to idle |\n|---|" + "---|" * (len(keys) + 1))
     for st in ("stream", "rag", "assemble", "infer", "post"):
         cells = []
         for k in keys:
             e = mem[k]["stages"].get(st)
-            cells.append(f"{fmt(e['vmrss_kib_max'])} / {fmt(e['private_kib_max'])}" if e else "n/a")
+            cells.append(f"{fmt(e['vmrss_kib_max'])} / {fmt(e['private_kib_max'])} / {fmt(e.get('uss_kib_max'))}" if e else "n/a")
         i0 = g(mem, "idle", "stages", st, "vmrss_kib_max")
-        il = g(mem, keys[-1], "stages", st, "vmrss_kib_max")
+        il = g(mem, "10000", "stages", st, "vmrss_kib_max")
         md.append(f"| {st} | " + " | ".join(cells) + f" | {ratio(il, i0)} |")
     md.append("| shm segments: size / resident KiB | " + " | ".join(f"{fmt(mem[k]['shm_size_kib'])} / {fmt(mem[k]['shm_resident_kib'])}" for k in keys) + " | |")
     md.append("| open client connections (ss) | " + " | ".join(fmt(mem[k]["open_conns"]) for k in keys) + " | |")
-    md.append("\nVmRSS counts the shared-memory pages a process has touched (the rings it maps); private = VmRSS − Rss of its /dev/shm/tpo.* mappings.\n")
+    md.append("\nVmRSS counts every page a process has touched: the rings it maps and the shared libraries' pages as well; "
+              "private = VmRSS − Rss of its /dev/shm/tpo.* mappings; USS = its Private_Clean + Private_Dirty pages "
+              "(smaps_rollup), the memory that would be freed if it exited. An infer process that uses an HTTP worker "
+              "maps libcurl and its ~30 libraries: ~6.8 MiB of shared clean pages in its VmRSS.\n")
 
 # ---- merge: with TPO_BENCH_MERGE, a scenario not run keeps its section (JSON
 # and markdown) from the previous report
@@ -895,6 +907,8 @@ lost = [p.get("lost") for p in (g(out, "chaos", "phases") or []) if p.get("lost"
 target("requests lost under chaos", sum(lost) if lost else None, 0, False, "requests")
 rss = [e["vmrss_kib_max"] for k in mem for e in mem[k]["stages"].values()]
 target("RSS per stage process (largest seen)", max(rss) / 1024 if rss else None, 8, False, "MiB")
+uss = [e.get("uss_kib_max", 0) for k in mem for e in mem[k]["stages"].values()]
+target("USS per stage process (largest seen)", max(uss) / 1024 if uss else None, 8, False, "MiB")
 out["targets"] = tg
 md.insert(1, "## Targets\n\n| target | measured | limit | met |\n|---|---|---|---|\n" + "\n".join(
     f"| {t['target']} | {fmt(t['measured'] if not isinstance(t['measured'], float) else round(t['measured'], 1))} {t['unit']} | {'≥' if t['target'].endswith('/s') else '≤'} {t['limit']:,} {t['unit']} | {'yes' if t['met'] else ('no: ' + t['miss'] if t['met'] is False else 'n/a')} |"
