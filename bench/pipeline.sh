@@ -317,7 +317,7 @@ overhead() {
 		done
 	done
 	# Memory of a proxying instance after its load (its infer maps libcurl).
-	[ "$up" = serve ] && snapshot "$R/mem.proxy.json"
+	[ "$up" = serve ] && { sleep 2; snapshot "$R/mem.proxy.json"; }
 	stop_tpo
 }
 

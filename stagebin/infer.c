@@ -27,6 +27,7 @@
  * no syscall on the ring side. See docs/workers.md.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -474,6 +475,9 @@ int main(int argc, char **argv)
 	if (!jobs || !fifo || !pend_done)
 		return 111;
 
+	uint64_t trimmed_ns = 0;
+	int trim_due = 0;
+
 	while (!tpo_stage_stopping) {
 		uint64_t now = st.now_ns = tpo_now_ns(), next;
 		int n = on_input(), timeout;
@@ -499,6 +503,15 @@ int main(int argc, char **argv)
 		timeout = TPO_STAGE_WAIT_MS;
 		if (next && (next - now) / 1000000 < (uint64_t)timeout)
 			timeout = (int)((next - now + 999999) / 1000000);
+		if (active)
+			trim_due = 1;
+		else if (trim_due && now - trimmed_ns >= 1000000000ull) {
+			/* Idle after a load: give back what its transfers' buffers
+			 * left free inside the heap (at most once a second). */
+			malloc_trim(0);
+			trim_due = 0;
+			trimmed_ns = now;
+		}
 		if (!tpo_stage_stopping)
 			sleep_some(timeout);
 	}
