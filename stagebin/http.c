@@ -1051,7 +1051,10 @@ static int conn_parse(struct tpo_http_conn *c)
 		msg_free(c);
 		return 0;
 	}
-	if (in_head)
+	/* Only bytes of a header section still being read count against it:
+	 * a request that completed in this call (its body included) must not
+	 * shrink the next one's budget. */
+	if (in_head && (c->phase == PH_IDLE || c->phase == PH_HEAD))
 		c->hdr_fed += (uint32_t)got;
 	c->ioff += (uint32_t)got;
 	c->ilen -= (uint32_t)got;

@@ -26,14 +26,13 @@ static int an_request(const struct tpo_up_req *r, char *path, size_t pathcap,
 	int err = 0;
 
 	snprintf(path, pathcap, "/v1/messages");
-	*h = curl_slist_append(*h, "anthropic-version: " ANTHROPIC_VERSION);
-	if (!*h)
+	if (tpo_up_header_add(h, "anthropic-version: " ANTHROPIC_VERSION) < 0)
 		return -ENOMEM;
 	if (r->api_key) {
 		struct tpo_buf a = { 0 };
 		err = tpo_buf_printf(&a, "x-api-key: %s", r->api_key);
 		if (!err)
-			*h = curl_slist_append(*h, a.p);
+			err = tpo_up_header_add(h, a.p);
 		tpo_buf_free(&a);
 		if (err)
 			return -ENOMEM;

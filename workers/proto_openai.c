@@ -27,9 +27,9 @@ static int oa_request(const struct tpo_up_req *r, char *path, size_t pathcap,
 		struct tpo_buf a = { 0 };
 		err = tpo_buf_printf(&a, "Authorization: Bearer %s", r->api_key);
 		if (!err)
-			*h = curl_slist_append(*h, a.p);
+			err = tpo_up_header_add(h, a.p);
 		tpo_buf_free(&a);
-		if (err || !*h)
+		if (err)
 			return -ENOMEM;
 	}
 	err |= tpo_buf_str(b, "{\"model\":");

@@ -842,12 +842,9 @@ static int launch(struct tpo_up_call *c, uint64_t now)
 	}
 	snprintf(url, sizeof(url), "%s%s", e->url, p);
 	/* No "Expect: 100-continue" round trip before a large body. */
-	h->hdrs = curl_slist_append(h->hdrs, "Content-Type: application/json");
-	if (h->hdrs)
-		h->hdrs = curl_slist_append(h->hdrs, "Expect:");
-	if (h->hdrs && c->stream)
-		h->hdrs = curl_slist_append(h->hdrs, "Accept: text/event-stream");
-	if (!h->hdrs) {
+	if (tpo_up_header_add(&h->hdrs, "Content-Type: application/json") < 0 ||
+	    tpo_up_header_add(&h->hdrs, "Expect:") < 0 ||
+	    (c->stream && tpo_up_header_add(&h->hdrs, "Accept: text/event-stream") < 0)) {
 		err = -ENOMEM;
 		goto fail;
 	}

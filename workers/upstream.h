@@ -18,6 +18,7 @@
 #ifndef TPO_UPSTREAM_H
 #define TPO_UPSTREAM_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -119,5 +120,17 @@ struct tpo_stats;
 extern const struct tpo_worker_ops tpo_upstream_ops;
 int tpo_upstream_create(const struct tpo_config_infer *cfg, const struct tpo_proto *proto,
 			struct tpo_stats *stats, int lane, void **w, char *err, size_t errcap);
+
+/* Appends one header line to *l. On failure (-ENOMEM) *l is kept whole:
+ * curl_slist_append returns NULL and leaves the list as it was. */
+static inline int tpo_up_header_add(struct curl_slist **l, const char *line)
+{
+	struct curl_slist *n = curl_slist_append(*l, line);
+
+	if (!n)
+		return -ENOMEM;
+	*l = n;
+	return 0;
+}
 
 #endif

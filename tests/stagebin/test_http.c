@@ -1189,3 +1189,34 @@ Test(http, idle_memory_does_not_scale_with_max_conns)
 	cr_assert_lt(after - before, 4096, "a server for 2^20 connections costs %ld KiB idle",
 		     after - before);
 }
+
+/*
+ * A request read whole in one go (headers and a 15,500-byte body) must not
+ * count against the header budget of the next request on the connection: a
+ * GET with 1 KiB of headers after it is answered, not refused with 431.
+ */
+Test(http, large_request_leaves_next_header_budget_whole)
+{
+	static char req[20000], hdrs[1200];
+	static struct resp r;
+	struct cli *cl;
+	int n;
+
+	start(NULL);
+	cl = cli_open();
+	n = snprintf(req, sizeof(req), "POST /echo HTTP/1.1\r\nHost: x\r\n"
+		     "Content-Length: 15500\r\n\r\n");
+	memset(req + n, 'b', 15500);
+	cli_send(cl, req, (size_t)n + 15500);
+	cr_assert_eq(read_resp(cl, &r), 0);
+	cr_assert_eq(r.status, 200);
+	memset(hdrs, 'h', 1000);
+	hdrs[1000] = 0;
+	snprintf(req, sizeof(req), "GET /echo?n=2 HTTP/1.1\r\nHost: x\r\nX-Pad: %s\r\n\r\n", hdrs);
+	cli_puts(cl, req);
+	cr_assert_eq(read_resp(cl, &r), 0);
+	cr_assert_eq(r.status, 200, "status %d after a large request", r.status);
+	cr_assert_str_eq(r.body, "GET /echo q=n=2 sid=- len=0\n");
+	cli_close(cl);
+	stop();
+}
