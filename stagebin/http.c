@@ -1648,8 +1648,10 @@ uint32_t tpo_http_close_idle(struct tpo_http_server *srv)
 			n++;
 		}
 	}
-	if (!srv->in_event)
-		run_pending(srv);
+	/* The pass that recycles them may call back (on_close of another
+	 * connection): it runs from tpo_http_on_event, as http.h promises. */
+	if (!srv->in_event && n)
+		timer_set(srv, 1);
 	return n;
 }
 
