@@ -199,22 +199,48 @@ static void send_error(struct tpo_http_conn *c, int status, const char *msg,
 	tpo_http_error_ex(c, status, msg, extra);
 }
 
-static int send_cancel(struct sreq *r, uint32_t reason)
+static int send_cancel_id(int lane, uint64_t id, uint32_t reason)
 {
 	struct tpo_msg_cancel m = { .reason = reason };
 	struct tpo_rec *rec;
 
 	/* A cancel must not block the front: if the lane's ring is full the
 	 * stages still see the request's deadline. */
-	if (tpo_ring_reserve(&st.out[r->lane], sizeof(m), &rec) < 0)
+	if (tpo_ring_reserve(&st.out[lane], sizeof(m), &rec) < 0)
 		return -EAGAIN;
 	rec->type = TPO_MSG_CANCEL;
-	rec->req_id = r->id;
+	rec->req_id = id;
 	rec->aux = (uint32_t)st.lane;
 	rec->ts_ns = tpo_now_ns();
 	memcpy(tpo_rec_data(rec), &m, sizeof(m));
-	tpo_ring_commit(&st.out[r->lane]);
+	tpo_ring_commit(&st.out[lane]);
 	return 0;
+}
+
+static int send_cancel(struct sreq *r, uint32_t reason)
+{
+	return send_cancel_id(r->lane, r->id, reason);
+}
+
+/*
+ * Output for a request this process does not hold: one of ours that ended
+ * already (its cancel went down the lane then), or one a predecessor admitted
+ * before it was killed with its clients. Nobody will read it: tell lane to
+ * stop the work, once per request (the last ORPHANS ids are remembered).
+ */
+#define ORPHANS 64
+static uint64_t orphan_ids[ORPHANS];
+static unsigned orphan_next;
+
+static void cancel_orphan(int lane, const struct tpo_rec *rec)
+{
+	if (rec->type != TPO_MSG_BEGIN && rec->type != TPO_MSG_TOKEN)
+		return;              /* it has ended, or it is not work */
+	for (unsigned i = 0; i < ORPHANS; i++)
+		if (orphan_ids[i] == rec->req_id)
+			return;
+	if (send_cancel_id(lane, rec->req_id, TPO_CANCEL_CLIENT) == 0)
+		orphan_ids[orphan_next++ % ORPHANS] = rec->req_id;
 }
 
 /* Ends r with an error: an HTTP status, or one SSE error event once streaming. */
@@ -666,13 +692,15 @@ static void on_end(struct sreq *r, struct tpo_http_conn *c, const struct tpo_rec
 	req_free(r);
 }
 
-static void on_record(const struct tpo_rec *rec)
+static void on_record(int lane, const struct tpo_rec *rec)
 {
 	struct sreq *r = req_find(rec->req_id);
 	struct tpo_http_conn *c;
 
-	if (!r)
-		return;               /* ended already (shed, deadline, client gone) */
+	if (!r) {
+		cancel_orphan(lane, rec);
+		return;
+	}
 	c = tpo_http_conn_lookup(srv, r->conn);
 	if (!c) {
 		/* The client went away and we learnt it from a failed write:
@@ -734,7 +762,7 @@ static int drain_rings(void)
 			return n;
 		}
 		for (int i = 0; i < n; i++)
-			on_record(recs[i]);
+			on_record(k, recs[i]);
 		if (n)
 			tpo_ring_release(ring);
 		total += n;

@@ -227,3 +227,47 @@ Test(faults, redelivered_prompt_is_not_streamed_twice)
 	tpo_stats_close(&st);
 	h_stop(&in);
 }
+
+/*
+ * A front killed with its clients leaves their requests running in the lane;
+ * its replacement receives their tokens, holds no such request, and tells
+ * the lane to stop: inference ends long before the answer would have.
+ */
+Test(faults, killed_front_stops_its_inference)
+{
+	struct tpo_stats st;
+	struct tpo_proc_snapshot p, p0;
+	struct h_conn c;
+	static char body[512], ev[1 << 16];
+	uint64_t end;
+
+	h_start(&in, "orphan",
+		"{\"lanes\": 1, \"restart\": {\"base_ms\": 10},"
+		" \"stages\": {\"infer\": {\"mock\": {\"tokens_per_second\": 20}},"
+		" \"post\": {\"max_tokens\": 100000}}}");
+	in.crashes_ok = 1;
+	h_stats_attach(&in, &st);
+	/* 5000 tokens at 20 a second: over four minutes if nothing stops it. */
+	h_chat_body(body, sizeof(body), "a long answer [[tpo:tokens=5000]]", 1, NULL);
+	h_open(&c, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+	cr_assert_eq(c.status, 200);
+	cr_assert_eq(h_sse_next(&c, ev, sizeof(ev)), 1, "no first token");
+	h_proc(&st, TPO_STAGE_INFER, 0, &p);
+	cr_assert_eq(p.in_flight, 1);
+	h_proc(&st, TPO_STAGE_STREAM, 0, &p0);
+	cr_assert_eq(kill(p0.pid, SIGKILL), 0);
+	end = h_now_ms() + H_HANG_MS;
+	do {
+		h_proc(&st, TPO_STAGE_INFER, 0, &p);
+		if (p.in_flight == 0)
+			break;
+		h_sleep_ms(10);
+	} while (h_now_ms() < end);
+	cr_assert_eq(p.in_flight, 0, "the killed front's request still runs in infer");
+	h_proc(&st, TPO_STAGE_STREAM, 0, &p);
+	cr_assert_neq(p.pid, p0.pid, "the front was not replaced");
+	h_conn_free(&c);
+	still_serves();
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
