@@ -291,6 +291,7 @@ static int take_prompt(struct tpo_rec *rec, uint64_t pos)
 static uint64_t precancel[PRECANCEL_MAX];
 static uint32_t nprecancel;
 static uint64_t lookahead_head;
+static uint64_t lookahead_pos;   /* records before it were looked at */
 
 static int precancelled(uint64_t req_id)
 {
@@ -306,17 +307,23 @@ static int precancelled(uint64_t req_id)
  * With every job slot busy we stop taking input, but a client that hangs up
  * must still stop its job (and a queued request must not start): look ahead
  * of the read cursor for CANCEL records. The CANCEL itself is forwarded when
- * the cursor reaches it.
+ * the cursor reaches it. Each look resumes where the last one stopped (the
+ * records in between are unchanged), so a long backlog is read once, not
+ * once per arrival.
  */
 static void look_ahead(void)
 {
 	struct tpo_ring walk = st.in[0];
 	const struct tpo_rec *rec;
+	/* Pairs with the producer's release store of head in tpo_ring_commit. */
 	uint64_t head = atomic_load_explicit(&walk.shm->head, memory_order_acquire);
 
 	if (head == lookahead_head)
 		return;              /* nothing new since the last look */
 	lookahead_head = head;
+	walk.cached = head;
+	if ((int64_t)(lookahead_pos - walk.pos) > 0 && (int64_t)(head - lookahead_pos) >= 0)
+		walk.pos = lookahead_pos;
 	for (int k = 0; k < 4096 && tpo_ring_peek(&walk, &rec) == 0; k++) {
 		if (rec->type == TPO_MSG_CANCEL) {
 			struct job *j = find_job(rec->req_id);
@@ -332,6 +339,7 @@ static void look_ahead(void)
 		}
 		tpo_ring_advance(&walk, rec);
 	}
+	lookahead_pos = walk.pos;
 }
 
 static int on_input(void)
