@@ -57,6 +57,7 @@
 
 #define IBUF_SIZE   16384u
 #define OBUF_MIN    4096u
+#define OPOOL_MAX   64      /* drained OBUF_MIN buffers kept for reuse */
 #define BODY_MIN    4096u
 #define ERR_MSG_MAX 512
 
@@ -142,6 +143,8 @@ struct tpo_http_server {
 	uint32_t hwm;
 	uint32_t fq_head, fq_tail, fq_len; /* FIFO of recycled slots (fnext) */
 	char *rbuf;                     /* IBUF_SIZE: every read lands here */
+	char *opool[OPOOL_MAX];         /* drained output buffers, OBUF_MIN */
+	uint32_t nopool;
 	struct list tl[TL_COUNT];
 	uint32_t tl_ms[TL_COUNT];
 	struct list pending;
@@ -307,18 +310,35 @@ static int msg_new(struct tpo_http_conn *c)
 	return 0;
 }
 
+/*
+ * Gives back c's output buffer. A corked stream fills and drains one per
+ * batch of tokens: small ones go to a pool of the server rather than back
+ * to malloc, so a streaming connection neither holds memory between batches
+ * nor allocates for each.
+ */
+static void obuf_put(struct tpo_http_conn *c)
+{
+	struct tpo_http_server *srv = c->srv;
+
+	if (c->obuf && c->ocap == OBUF_MIN && srv->nopool < OPOOL_MAX)
+		srv->opool[srv->nopool++] = c->obuf;
+	else
+		free(c->obuf);
+	c->obuf = NULL;
+	c->ooff = c->olen = c->ocap = 0;
+}
+
 static void conn_free_bufs(struct tpo_http_conn *c)
 {
 	free(c->ibuf);
-	free(c->obuf);
+	obuf_put(c);
 	/* A send failing inside a parser callback releases c: the parser
 	 * still runs on m, which conn_parse frees once it returns. */
 	if (!c->in_parse)
 		msg_free(c);
-	c->ibuf = c->obuf = NULL;
+	c->ibuf = NULL;
 	c->ishared = 0;
 	c->ioff = c->ilen = c->icap = 0;
-	c->ooff = c->olen = c->ocap = 0;
 }
 
 /* Closes the socket now; the slot is recycled (and on_close delivered if a
@@ -431,7 +451,10 @@ static int obuf_append(struct tpo_http_conn *c, const char *p, size_t n)
 				nc *= 2;
 			if (nc > cap)
 				nc = cap;
-			nb = realloc(c->obuf, nc);
+			if (!c->obuf && nc == OBUF_MIN && c->srv->nopool)
+				nb = c->srv->opool[--c->srv->nopool];
+			else
+				nb = realloc(c->obuf, nc);
 			if (!nb)
 				return -ENOMEM;
 			c->obuf = nb;
@@ -501,9 +524,7 @@ static void flush_out(struct tpo_http_conn *c)
 		c->olen -= (uint32_t)w;
 	}
 	/* Drained: a connection holds no output memory between writes. */
-	free(c->obuf);
-	c->obuf = NULL;
-	c->ooff = c->ocap = 0;
+	obuf_put(c);
 	if (c->phase == PH_CLOSING)
 		conn_shutdown(c);
 }
@@ -1676,6 +1697,8 @@ void tpo_http_destroy(struct tpo_http_server *srv)
 	}
 	epoll_ctl(srv->epfd, EPOLL_CTL_DEL, srv->tfd, NULL);
 	close(srv->tfd);
+	while (srv->nopool)
+		free(srv->opool[--srv->nopool]);
 	free(srv->rbuf);
 	free(srv->conns);
 	free(srv);
