@@ -62,8 +62,3 @@ int tpo_curl_load(char *err, size_t errcap)
 	}
 	return 0;
 }
-
-int tpo_curl_loaded(void)
-{
-	return load_state == 1;
-}

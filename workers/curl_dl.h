@@ -53,9 +53,6 @@ extern struct tpo_curl_api tpo_curl;
  */
 int tpo_curl_load(char *err, size_t errcap);
 
-/* Whether libcurl is mapped in this process (tests). */
-int tpo_curl_loaded(void);
-
 #ifndef TPO_CURL_DL_IMPL
 /* curl.h defines these three as function-like macros of themselves. */
 #undef curl_easy_setopt

@@ -28,15 +28,8 @@ static int an_request(const struct tpo_up_req *r, char *path, size_t pathcap,
 	snprintf(path, pathcap, "/v1/messages");
 	if (tpo_up_header_add(h, "anthropic-version: " ANTHROPIC_VERSION) < 0)
 		return -ENOMEM;
-	if (r->api_key) {
-		struct tpo_buf a = { 0 };
-		err = tpo_buf_printf(&a, "x-api-key: %s", r->api_key);
-		if (!err)
-			err = tpo_up_header_add(h, a.p);
-		tpo_buf_free(&a);
-		if (err)
-			return -ENOMEM;
-	}
+	if (r->api_key && tpo_up_header_with(h, "x-api-key: ", r->api_key) < 0)
+		return -ENOMEM;
 	err |= tpo_buf_str(b, "{\"model\":");
 	err |= tpo_buf_json_str(b, r->model, strlen(r->model));
 	err |= tpo_buf_printf(b, ",\"max_tokens\":%u",

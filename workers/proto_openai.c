@@ -23,15 +23,8 @@ static int oa_request(const struct tpo_up_req *r, char *path, size_t pathcap,
 	int err = 0;
 
 	snprintf(path, pathcap, "%s", r->chat ? "/v1/chat/completions" : "/v1/completions");
-	if (r->api_key) {
-		struct tpo_buf a = { 0 };
-		err = tpo_buf_printf(&a, "Authorization: Bearer %s", r->api_key);
-		if (!err)
-			err = tpo_up_header_add(h, a.p);
-		tpo_buf_free(&a);
-		if (err)
-			return -ENOMEM;
-	}
+	if (r->api_key && tpo_up_header_with(h, "Authorization: Bearer ", r->api_key) < 0)
+		return -ENOMEM;
 	err |= tpo_buf_str(b, "{\"model\":");
 	err |= tpo_buf_json_str(b, r->model, strlen(r->model));
 	if (r->chat) {

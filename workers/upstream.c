@@ -128,6 +128,27 @@ int tpo_buf_printf(struct tpo_buf *b, const char *fmt, ...)
 	return 0;
 }
 
+int tpo_up_header_add(struct curl_slist **l, const char *line)
+{
+	struct curl_slist *n = curl_slist_append(*l, line);
+
+	if (!n)
+		return -ENOMEM;
+	*l = n;
+	return 0;
+}
+
+int tpo_up_header_with(struct curl_slist **l, const char *prefix, const char *value)
+{
+	struct tpo_buf a = { 0 };
+	int err = tpo_buf_printf(&a, "%s%s", prefix, value);
+
+	if (!err)
+		err = tpo_up_header_add(l, a.p);
+	tpo_buf_free(&a);
+	return err < 0 ? -ENOMEM : 0;
+}
+
 void tpo_buf_free(struct tpo_buf *b)
 {
 	free(b->p);

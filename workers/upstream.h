@@ -18,7 +18,6 @@
 #ifndef TPO_UPSTREAM_H
 #define TPO_UPSTREAM_H
 
-#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -123,14 +122,9 @@ int tpo_upstream_create(const struct tpo_config_infer *cfg, const struct tpo_pro
 
 /* Appends one header line to *l. On failure (-ENOMEM) *l is kept whole:
  * curl_slist_append returns NULL and leaves the list as it was. */
-static inline int tpo_up_header_add(struct curl_slist **l, const char *line)
-{
-	struct curl_slist *n = curl_slist_append(*l, line);
+int tpo_up_header_add(struct curl_slist **l, const char *line);
 
-	if (!n)
-		return -ENOMEM;
-	*l = n;
-	return 0;
-}
+/* Appends the header line prefix + value (an API key after its scheme). */
+int tpo_up_header_with(struct curl_slist **l, const char *prefix, const char *value);
 
 #endif
