@@ -25,8 +25,10 @@ static int lc_request(const struct tpo_up_req *r, char *path, size_t pathcap,
 	int err = 0;
 	long slot = r->slots ? (long)(r->session_hash % r->slots) : -1;
 
-	(void)h;
 	snprintf(path, pathcap, "/completion");
+	/* llama-server --api-key checks a bearer token. */
+	if (r->api_key && tpo_up_header_with(h, "Authorization: Bearer ", r->api_key) < 0)
+		return -ENOMEM;
 	err |= tpo_buf_str(b, "{\"prompt\":");
 	err |= tpo_buf_json_str(b, r->prompt, r->prompt_len);
 	err |= tpo_buf_printf(b, ",\"n_predict\":%ld", r->max_tokens ? (long)r->max_tokens : -1L);

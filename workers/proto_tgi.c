@@ -24,8 +24,10 @@ static int tgi_request(const struct tpo_up_req *r, char *path, size_t pathcap,
 {
 	int err = 0;
 
-	(void)h;
 	snprintf(path, pathcap, "%s", r->stream ? "/generate_stream" : "/generate");
+	/* TGI behind Hugging Face endpoints takes a bearer token. */
+	if (r->api_key && tpo_up_header_with(h, "Authorization: Bearer ", r->api_key) < 0)
+		return -ENOMEM;
 	err |= tpo_buf_str(b, "{\"inputs\":");
 	err |= tpo_buf_json_str(b, r->prompt, r->prompt_len);
 	err |= tpo_buf_str(b, ",\"parameters\":{\"details\":true");

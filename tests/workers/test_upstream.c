@@ -369,13 +369,15 @@ Test(upstream, llamacpp_golden_slot_and_cache)
 {
 	char text[4096], finish[32], out[8192];
 
-	start_url("lc", "llamacpp", "#slots=4", NULL, 100, NULL);
+	start_url("lc", "llamacpp", "#slots=4", ", \"api_key_env\": \"TPO_TEST_KEY\"", 100,
+		  "TPO_TEST_KEY=sk-lc");
 	chat_stream("[[srv:golden=llamacpp.sse]] [[srv:chunk=5]]", text, sizeof(text), finish);
 	cr_assert_str_eq(text, "Hello from llama");
 	cr_assert_str_eq(finish, "stop");
 	srv_last(out, sizeof(out));
 	cr_assert(strstr(out, "\"path\":\"/completion\""), "%s", out);
 	cr_assert(strstr(out, "\"cache_prompt\":true"), "%s", out);
+	cr_assert(strstr(out, "\"authorization\":\"Bearer sk-lc\""), "%s", out);
 	cr_assert(strstr(out, "\"id_slot\":"), "%s", out);
 	cr_assert_null(strstr(out, "\"id_slot\":-1"), "%s", out);
 	chat_stream("plain", text, sizeof(text), finish);
@@ -390,10 +392,12 @@ Test(upstream, tgi_golden_and_error_event)
 	char text[4096], finish[32], err[8192];
 	int content, errors;
 
-	start("tg", "tgi", NULL, 100, NULL);
+	start("tg", "tgi", ", \"api_key_env\": \"TPO_TEST_KEY\"", 100, "TPO_TEST_KEY=sk-tg");
 	chat_stream("[[srv:golden=tgi.sse]] [[srv:chunk=4]]", text, sizeof(text), finish);
 	cr_assert_str_eq(text, "Deep learning rocks");
 	cr_assert_str_eq(finish, "stop");
+	srv_last(err, sizeof(err));
+	cr_assert(strstr(err, "\"authorization\":\"Bearer sk-tg\""), "%s", err);
 	chat_stream("plain", text, sizeof(text), finish);
 	cr_assert_str_eq(text, "tok0 tok1 tok2 tok3 tok4");
 	chat_broken("[[srv:golden=tgi_error.sse]]", &content, &errors, err, sizeof(err));
