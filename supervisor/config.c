@@ -719,6 +719,7 @@ static void parse_spin(struct ctx *x, int i, void *p)
 static const char *const level_names[] = { "debug", "info", "notice", "warning", "error", NULL };
 static const int level_values[] = { LOG_DEBUG, LOG_INFO, LOG_NOTICE, LOG_WARNING, LOG_ERR };
 static const char *const policy_names[] = { "reject_new", "drop_oldest", NULL };
+static const char *const sched_names[] = { "batch", "normal", NULL };
 static const char *const worker_names[] = { "mock", "openai", "llamacpp", "tgi", "anthropic",
 					     "plugin", NULL };
 static const char *const balance_names[] = { "least_inflight", "session_hash", NULL };
@@ -887,6 +888,7 @@ static const struct field top_tab[] = {
 	  .dump = dump_lanes },
 	{ .key = "spin_ns", .kind = K_CUSTOM, .off = offsetof(CFG, spin_ns), .parse = parse_spin,
 	  .dump = dump_spin },
+	ENUM("sched", CFG, sched, sched_names, NULL),
 	U32("drain_timeout_ms", CFG, drain_timeout_ms, 1, 600000),
 	ENUM("log_level", CFG, log_level, level_names, level_values),
 	{ .key = "models", .kind = K_STRARR, .off = offsetof(CFG, models), .off_n = offsetof(CFG, nmodels),
@@ -913,6 +915,7 @@ int tpo_config_defaults(struct tpo_config *c)
 	c->listen_port = 8080;
 	c->lanes.mode = TPO_LANES_AUTO;
 	c->spin_ns = TPO_CONFIG_SPIN_AUTO;
+	c->sched = TPO_SCHED_BATCH;
 	c->drain_timeout_ms = 10000;
 	c->log_level = LOG_INFO;
 	c->nmodels = 1;

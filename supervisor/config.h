@@ -60,6 +60,12 @@ enum tpo_config_policy {
 	TPO_POLICY_DROP_OLDEST = 1,   /* oldest request not yet in inference gets 503 */
 };
 
+/* "sched": the scheduling policy of the stage processes (sched(7)). */
+enum tpo_config_sched {
+	TPO_SCHED_BATCH  = 0,   /* SCHED_BATCH: a woken stage never preempts its waker */
+	TPO_SCHED_NORMAL = 1,   /* SCHED_OTHER */
+};
+
 enum tpo_config_worker {
 	TPO_WORKER_MOCK      = 0,
 	TPO_WORKER_OPENAI    = 1,
@@ -183,6 +189,7 @@ struct tpo_config {
 	uint16_t listen_port;
 	struct tpo_lanes_spec lanes;
 	int64_t  spin_ns;              /* TPO_CONFIG_SPIN_AUTO or 0..10000000 */
+	int      sched;                /* enum tpo_config_sched */
 	uint32_t drain_timeout_ms;
 	int      log_level;            /* syslog priority: LOG_DEBUG .. LOG_ERR */
 	int      nmodels;

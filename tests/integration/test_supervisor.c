@@ -5,6 +5,8 @@
  */
 #include "tests/integration/harness.h"
 
+#include <sched.h>
+
 #define FAST_CFG \
 	"{\"lanes\": 2, \"restart\": {\"base_ms\": 10, \"cap_ms\": 50}," \
 	" \"stages\": {\"infer\": {\"mock\": {\"tokens_per_second\": 0, \"max_tokens\": 8}}}}"
@@ -126,6 +128,48 @@ Test(supervisor, children_pinned_to_lane_cpu)
 		}
 	cr_assert_eq(checked, 10);
 	/* The supervisor itself is not pinned to one lane. */
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
+
+/* Every stage process of a running instance has scheduling policy want. */
+static void assert_policy(struct tpo_stats *st, int want, const char *what)
+{
+	for (int s = 0; s < TPO_NSTAGES; s++)
+		for (int l = 0; l < 2; l++) {
+			struct tpo_proc_snapshot p;
+			h_proc(st, s, l, &p);
+			cr_assert_gt(p.pid, 0);
+			cr_assert_eq(sched_getscheduler(p.pid), want, "%s: %s[%d] pid %d has policy %d",
+				     what, tpo_stats_stage_name(s), l, (int)p.pid,
+				     sched_getscheduler(p.pid));
+		}
+}
+
+Test(supervisor, stages_run_sched_batch_unless_told_normal)
+{
+	struct tpo_stats st;
+	struct tpo_proc_snapshot p;
+
+	h_start(&in, "schb", FAST_CFG);
+	in.crashes_ok = 1;
+	h_stats_attach(&in, &st);
+	assert_policy(&st, SCHED_BATCH, "default");
+	/* A restarted stage gets the policy again. */
+	h_proc(&st, TPO_STAGE_POST, 1, &p);
+	cr_assert_eq(kill(p.pid, SIGKILL), 0);
+	wait_restarted(&st, TPO_STAGE_POST, 1, p.pid, &p);
+	cr_assert_eq(sched_getscheduler(p.pid), SCHED_BATCH);
+	/* The supervisor itself keeps the default policy. */
+	cr_assert_eq(sched_getscheduler(in.pid), SCHED_OTHER);
+	tpo_stats_close(&st);
+	h_stop(&in);
+
+	h_start(&in, "schn",
+		"{\"lanes\": 2, \"sched\": \"normal\","
+		" \"stages\": {\"infer\": {\"mock\": {\"tokens_per_second\": 0}}}}");
+	h_stats_attach(&in, &st);
+	assert_policy(&st, SCHED_OTHER, "\"sched\": \"normal\"");
 	tpo_stats_close(&st);
 	h_stop(&in);
 }

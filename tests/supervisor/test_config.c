@@ -94,6 +94,7 @@ Test(config, defaults)
 	cr_assert_eq(cfg.listen_port, 8080);
 	cr_assert_eq(cfg.lanes.mode, TPO_LANES_AUTO);
 	cr_assert_eq(cfg.spin_ns, TPO_CONFIG_SPIN_AUTO);
+	cr_assert_eq(cfg.sched, TPO_SCHED_BATCH);
 	cr_assert_eq(cfg.drain_timeout_ms, 10000);
 	cr_assert_eq(cfg.log_level, LOG_INFO);
 	cr_assert_eq(cfg.nmodels, 1);
@@ -167,7 +168,7 @@ Test(config, dump_roundtrip_everything_set)
 	struct tpo_config c;
 
 	expect_ok("{\"name\":\"x-1_y\",\"listen\":\"[::1]:9000\",\"lanes\":[1,0,3],"
-		  "\"spin_ns\":5000,\"log_level\":\"debug\",\"models\":[\"a\\\"b\",\"c\\\\d\"],"
+		  "\"spin_ns\":5000,\"sched\":\"normal\",\"log_level\":\"debug\",\"models\":[\"a\\\"b\",\"c\\\\d\"],"
 		  "\"auth\":{\"api_keys_env\":\"TPO_KEYS\"},"
 		  "\"admission\":{\"policy\":\"drop_oldest\"},"
 		  "\"stages\":{\"rag\":{\"context_file\":\"/tmp/ctx\\ttab\"},"
@@ -177,6 +178,7 @@ Test(config, dump_roundtrip_everything_set)
 		  "\"post\":{\"stop\":[\"\\u0001\"],\"redact\":[\"secret\"],\"ring_capacity\":262144}}}");
 	cr_assert_str_eq(cfg.listen_host, "::1");
 	cr_assert_eq(cfg.listen_port, 9000);
+	cr_assert_eq(cfg.sched, TPO_SCHED_NORMAL);
 	cr_assert_eq(cfg.lanes.mode, TPO_LANES_LIST);
 	cr_assert_eq(cfg.lanes.ncpus, 3);
 	cr_assert_eq(cfg.lanes.cpus[2], 3);
@@ -445,6 +447,8 @@ Test(config, bad_enum)
 {
 	expect_one("{\"admission\": {\"policy\": \"drop_newest\"}}",
 		   "t.json: admission.policy: expected one of \"reject_new\", \"drop_oldest\" at 1:26");
+	expect_one("{\"sched\": \"fifo\"}",
+		   "t.json: sched: expected one of \"batch\", \"normal\" at 1:11");
 	expect_one("{\"log_level\": \"warn\"}",
 		   "t.json: log_level: expected one of \"debug\", \"info\", \"notice\", \"warning\", "
 		   "\"error\" at 1:15");
