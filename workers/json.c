@@ -51,14 +51,68 @@ static int vfail(struct vstate *v, size_t pos, const char *fmt, ...)
 	return -EINVAL;
 }
 
-static void vws(struct vstate *v)
+static inline void vws(struct vstate *v)
 {
 	while (v->pos < v->len) {
 		unsigned char c = v->s[v->pos];
-		if (c != ' ' && c != '\t' && c != '\n' && c != '\r')
+		/* Most calls find a token at once: one test for them. */
+		if (c > ' ' || (c != ' ' && c != '\t' && c != '\n' && c != '\r'))
 			break;
 		v->pos++;
 	}
+}
+
+/*
+ * 1 for the bytes a string may hold without a further check: 0x20..0x7f
+ * except '"' and '\\'. Others end a run of them: the quote, an escape, a
+ * control character (an error) or the lead byte of a UTF-8 sequence.
+ */
+static const unsigned char str_plain[256] = {
+	/* 0x00-0x1f: control characters */
+	[0x20] = 1, [0x21] = 1,             [0x23] = 1, [0x24] = 1, [0x25] = 1, [0x26] = 1,
+	[0x27] = 1, [0x28] = 1, [0x29] = 1, [0x2a] = 1, [0x2b] = 1, [0x2c] = 1, [0x2d] = 1,
+	[0x2e] = 1, [0x2f] = 1, [0x30] = 1, [0x31] = 1, [0x32] = 1, [0x33] = 1, [0x34] = 1,
+	[0x35] = 1, [0x36] = 1, [0x37] = 1, [0x38] = 1, [0x39] = 1, [0x3a] = 1, [0x3b] = 1,
+	[0x3c] = 1, [0x3d] = 1, [0x3e] = 1, [0x3f] = 1, [0x40] = 1, [0x41] = 1, [0x42] = 1,
+	[0x43] = 1, [0x44] = 1, [0x45] = 1, [0x46] = 1, [0x47] = 1, [0x48] = 1, [0x49] = 1,
+	[0x4a] = 1, [0x4b] = 1, [0x4c] = 1, [0x4d] = 1, [0x4e] = 1, [0x4f] = 1, [0x50] = 1,
+	[0x51] = 1, [0x52] = 1, [0x53] = 1, [0x54] = 1, [0x55] = 1, [0x56] = 1, [0x57] = 1,
+	[0x58] = 1, [0x59] = 1, [0x5a] = 1, [0x5b] = 1,             [0x5d] = 1, [0x5e] = 1,
+	[0x5f] = 1, [0x60] = 1, [0x61] = 1, [0x62] = 1, [0x63] = 1, [0x64] = 1, [0x65] = 1,
+	[0x66] = 1, [0x67] = 1, [0x68] = 1, [0x69] = 1, [0x6a] = 1, [0x6b] = 1, [0x6c] = 1,
+	[0x6d] = 1, [0x6e] = 1, [0x6f] = 1, [0x70] = 1, [0x71] = 1, [0x72] = 1, [0x73] = 1,
+	[0x74] = 1, [0x75] = 1, [0x76] = 1, [0x77] = 1, [0x78] = 1, [0x79] = 1, [0x7a] = 1,
+	[0x7b] = 1, [0x7c] = 1, [0x7d] = 1, [0x7e] = 1, [0x7f] = 1,
+	/* 0x80-0xff: UTF-8 */
+};
+
+#define ONES  0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+
+/*
+ * The end of the run of str_plain bytes at s[p..n): eight bytes at a time
+ * while all are plain, then byte by byte. A byte's high bit in the sum is
+ * exact for "some byte >= 0x80" (x); when there is none, every byte and
+ * its XOR with '"' or '\\' is < 0x80, so y - ONES * k sets a high bit iff
+ * some byte of y is < k (the borrow chain starts at the lowest such byte):
+ * k 0x20 on x finds control characters, k 1 on the XORs the quote and the
+ * backslash.
+ */
+static inline size_t str_plain_run(const unsigned char *s, size_t p, size_t n)
+{
+	while (p + 8 <= n) {
+		uint64_t x, q, b;
+
+		memcpy(&x, s + p, 8);
+		q = x ^ (ONES * '"');
+		b = x ^ (ONES * '\\');
+		if (((x - ONES * 0x20) | (q - ONES) | (b - ONES) | x) & HIGHS)
+			break;
+		p += 8;
+	}
+	while (p < n && str_plain[s[p]])
+		p++;
+	return p;
 }
 
 static int is_hex(unsigned char c)
@@ -118,8 +172,7 @@ static int vstring(struct vstate *v, int key)
 		size_t k, p = v->pos;
 
 		/* Plain ASCII needs no check beyond this (most of any text). */
-		while (p < v->len && s[p] >= 0x20 && s[p] < 0x80 && s[p] != '"' && s[p] != '\\')
-			p++;
+		p = str_plain_run(s, p, v->len);
 		v->pos = p;
 		if (v->pos >= v->len)
 			return vfail(v, start, "unterminated string");
@@ -473,9 +526,14 @@ int tpo_json_unescape(const char *src, size_t len, char *dst, size_t cap)
 		unsigned cp, lo;
 
 		if (src[i] != '\\') {
-			if (o + 1 >= cap)
+			/* The run up to the next escape, copied at once. */
+			const char *bs = memchr(src + i, '\\', len - i);
+			size_t run = bs ? (size_t)(bs - (src + i)) : len - i;
+			if (o + run >= cap)
 				return -ENOSPC;
-			dst[o++] = src[i++];
+			memcpy(dst + o, src + i, run);
+			o += run;
+			i += run;
 			continue;
 		}
 		if (i + 1 >= len)

@@ -20,16 +20,23 @@
 #define ANTHROPIC_VERSION    "2023-06-01"
 #define ANTHROPIC_MAX_TOKENS 4096    /* the API requires max_tokens */
 
-static int an_request(const struct tpo_up_req *r, char *path, size_t pathcap,
-		      struct curl_slist **h, struct tpo_buf *b)
+static int an_target(const char *api_key, int chat, int stream, char *path, size_t pathcap,
+		     struct curl_slist **h)
 {
-	int err = 0;
-
+	(void)chat;
+	(void)stream;
 	snprintf(path, pathcap, "/v1/messages");
 	if (tpo_up_header_add(h, "anthropic-version: " ANTHROPIC_VERSION) < 0)
 		return -ENOMEM;
-	if (r->api_key && tpo_up_header_with(h, "x-api-key: ", r->api_key) < 0)
+	if (api_key && tpo_up_header_with(h, "x-api-key: ", api_key) < 0)
 		return -ENOMEM;
+	return 0;
+}
+
+static int an_request(const struct tpo_up_req *r, struct tpo_buf *b)
+{
+	int err = 0;
+
 	err |= tpo_buf_str(b, "{\"model\":");
 	err |= tpo_buf_json_str(b, r->model, strlen(r->model));
 	err |= tpo_buf_printf(b, ",\"max_tokens\":%u",
@@ -128,6 +135,7 @@ static int an_body(struct tpo_up_call *c, const char *data, size_t len)
 
 const struct tpo_proto tpo_proto_anthropic = {
 	.name = "anthropic",
+	.target = an_target,
 	.request = an_request,
 	.event = an_event,
 	.body = an_body,

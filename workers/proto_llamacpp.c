@@ -19,16 +19,23 @@
 #include "stagebin/proto.h"
 #include "workers/upstream.h"
 
-static int lc_request(const struct tpo_up_req *r, char *path, size_t pathcap,
-		      struct curl_slist **h, struct tpo_buf *b)
+static int lc_target(const char *api_key, int chat, int stream, char *path, size_t pathcap,
+		     struct curl_slist **h)
+{
+	(void)chat;
+	(void)stream;
+	snprintf(path, pathcap, "/completion");
+	/* llama-server --api-key checks a bearer token. */
+	if (api_key && tpo_up_header_with(h, "Authorization: Bearer ", api_key) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+static int lc_request(const struct tpo_up_req *r, struct tpo_buf *b)
 {
 	int err = 0;
 	long slot = r->slots ? (long)(r->session_hash % r->slots) : -1;
 
-	snprintf(path, pathcap, "/completion");
-	/* llama-server --api-key checks a bearer token. */
-	if (r->api_key && tpo_up_header_with(h, "Authorization: Bearer ", r->api_key) < 0)
-		return -ENOMEM;
 	err |= tpo_buf_str(b, "{\"prompt\":");
 	err |= tpo_buf_json_str(b, r->prompt, r->prompt_len);
 	err |= tpo_buf_printf(b, ",\"n_predict\":%ld", r->max_tokens ? (long)r->max_tokens : -1L);
@@ -86,6 +93,7 @@ static int lc_body(struct tpo_up_call *c, const char *data, size_t len)
 
 const struct tpo_proto tpo_proto_llamacpp = {
 	.name = "llamacpp",
+	.target = lc_target,
 	.request = lc_request,
 	.event = lc_event,
 	.body = lc_body,

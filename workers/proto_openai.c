@@ -17,14 +17,20 @@
 
 #include "workers/upstream.h"
 
-static int oa_request(const struct tpo_up_req *r, char *path, size_t pathcap,
-		      struct curl_slist **h, struct tpo_buf *b)
+static int oa_target(const char *api_key, int chat, int stream, char *path, size_t pathcap,
+		     struct curl_slist **h)
+{
+	(void)stream;
+	snprintf(path, pathcap, "%s", chat ? "/v1/chat/completions" : "/v1/completions");
+	if (api_key && tpo_up_header_with(h, "Authorization: Bearer ", api_key) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+static int oa_request(const struct tpo_up_req *r, struct tpo_buf *b)
 {
 	int err = 0;
 
-	snprintf(path, pathcap, "%s", r->chat ? "/v1/chat/completions" : "/v1/completions");
-	if (r->api_key && tpo_up_header_with(h, "Authorization: Bearer ", r->api_key) < 0)
-		return -ENOMEM;
 	err |= tpo_buf_str(b, "{\"model\":");
 	err |= tpo_buf_json_str(b, r->model, strlen(r->model));
 	if (r->chat) {
@@ -44,32 +50,40 @@ static int oa_request(const struct tpo_up_req *r, char *path, size_t pathcap,
 	return err ? -ENOMEM : 0;
 }
 
+/* A key to look for, its length known at compile time. */
+struct oa_key {
+	const char *s;
+	size_t n;
+};
+#define OA_KEY(lit) { lit, sizeof(lit) - 1 }
+
 /*
- * The values of keys names[0..n) (n <= 4) of the object toks[obj] into
- * val[] (-1: absent), in one pass over its keys.
+ * The values of keys names[0..n) of the object toks[obj] into val[] (-1:
+ * absent), in one pass over its keys.
  */
 static void oa_keys(const char *js, const jsmntok_t *t, int nt, int obj,
-		    const char *const *names, int n, int *val)
+		    const struct oa_key *names, int n, int *val)
 {
-	size_t nlen[4];
 	int k = obj + 1;
 
 	for (int i = 0; i < n; i++)
 		val[i] = -1;
-	if (obj < 0 || obj >= nt || t[obj].type != JSMN_OBJECT || n > 4)
+	if (obj < 0 || obj >= nt || t[obj].type != JSMN_OBJECT)
 		return;
-	for (int i = 0; i < n; i++)
-		nlen[i] = strlen(names[i]);
 	for (int m = 0; m < t[obj].size && k + 1 < nt; m++) {
 		size_t kl = (size_t)(t[k].end - t[k].start);
+		const char *key = js + t[k].start;
 		for (int i = 0; i < n; i++) {
-			if (val[i] < 0 && kl == nlen[i] && !memcmp(js + t[k].start, names[i], kl)) {
+			if (val[i] < 0 && kl == names[i].n && key[0] == names[i].s[0] &&
+			    !memcmp(key, names[i].s, kl)) {
 				val[i] = k + 1;
 				break;
 			}
 		}
-		k = tpo_json_skip(t, nt, k);
-		if (k < 0)
+		/* A key and a value without children (most) span two tokens. */
+		if (t[k + 1].size == 0)
+			k += 2;
+		else if ((k = tpo_json_skip(t, nt, k)) < 0)
 			return;
 	}
 }
@@ -77,10 +91,12 @@ static void oa_keys(const char *js, const jsmntok_t *t, int nt, int obj,
 /* One chunk or answer object: tokens, finish reason, errors. */
 static int oa_object(struct tpo_up_call *c, const char *js, size_t len)
 {
-	static const char *const top[] = { "error", "choices", "usage" };
-	static const char *const choice[] = { "delta", "text", "message", "finish_reason" };
-	static const char *const content[] = { "content" };
-	static const char *const usage[] = { "prompt_tokens", "completion_tokens" };
+	static const struct oa_key top[] = { OA_KEY("error"), OA_KEY("choices"), OA_KEY("usage") };
+	static const struct oa_key choice[] = { OA_KEY("delta"), OA_KEY("text"), OA_KEY("message"),
+						OA_KEY("finish_reason") };
+	static const struct oa_key content[] = { OA_KEY("content") };
+	static const struct oa_key usage[] = { OA_KEY("prompt_tokens"),
+					       OA_KEY("completion_tokens") };
 	const jsmntok_t *t;
 	const char *s;
 	int nt, n, err = 0, tv[3], cv[4], uv[2], x;
@@ -151,6 +167,7 @@ static int oa_body(struct tpo_up_call *c, const char *data, size_t len)
 
 const struct tpo_proto tpo_proto_openai = {
 	.name = "openai",
+	.target = oa_target,
 	.request = oa_request,
 	.event = oa_event,
 	.body = oa_body,

@@ -19,15 +19,21 @@
 #include "stagebin/proto.h"
 #include "workers/upstream.h"
 
-static int tgi_request(const struct tpo_up_req *r, char *path, size_t pathcap,
-		       struct curl_slist **h, struct tpo_buf *b)
+static int tgi_target(const char *api_key, int chat, int stream, char *path, size_t pathcap,
+		      struct curl_slist **h)
+{
+	(void)chat;
+	snprintf(path, pathcap, "%s", stream ? "/generate_stream" : "/generate");
+	/* TGI behind Hugging Face endpoints takes a bearer token. */
+	if (api_key && tpo_up_header_with(h, "Authorization: Bearer ", api_key) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+static int tgi_request(const struct tpo_up_req *r, struct tpo_buf *b)
 {
 	int err = 0;
 
-	snprintf(path, pathcap, "%s", r->stream ? "/generate_stream" : "/generate");
-	/* TGI behind Hugging Face endpoints takes a bearer token. */
-	if (r->api_key && tpo_up_header_with(h, "Authorization: Bearer ", r->api_key) < 0)
-		return -ENOMEM;
 	err |= tpo_buf_str(b, "{\"inputs\":");
 	err |= tpo_buf_json_str(b, r->prompt, r->prompt_len);
 	err |= tpo_buf_str(b, ",\"parameters\":{\"details\":true");
@@ -109,6 +115,7 @@ static int tgi_body(struct tpo_up_call *c, const char *data, size_t len)
 
 const struct tpo_proto tpo_proto_tgi = {
 	.name = "tgi",
+	.target = tgi_target,
 	.request = tgi_request,
 	.event = tgi_event,
 	.body = tgi_body,

@@ -2,9 +2,16 @@
  * upstream.c — the HTTP model worker engine (see upstream.h).
  *
  * One libcurl multi handle per infer process; every job is one easy handle
- * at a time. Easy handles come from a pool (struct uh) and go back to it
- * reset (curl_easy_reset: no option, header list or buffer of a previous
- * call survives), so an attempt costs no handle setup. The multi's
+ * at a time. Easy handles come from a pool (struct uh). The options that
+ * are the same for every attempt are set once per handle (uh_setup); an
+ * attempt sets only its body, its timeout and, when the handle last served
+ * another endpoint or kind of request, the URL and header list, which are
+ * built once per endpoint and kind (struct ep_kind). Curl keeps options
+ * across transfers and starts each transfer's state afresh, so a handle
+ * whose last attempt succeeded carries nothing into the next that every
+ * attempt does not set again. A handle whose attempt failed, was cancelled
+ * or was cut off while draining is curl_easy_reset() and set up anew, so
+ * nothing of an unusual end survives. The multi's
  * connection cache is as large as the jobs it may run at once: an open-loop
  * burst must not leave more connections behind than curl's default cache
  * (4 per attached handle) keeps, or every burst would open new ones.
@@ -157,6 +164,14 @@ void tpo_buf_free(struct tpo_buf *b)
 
 /* ---- state ----------------------------------------------------------- */
 
+/* What every request of one kind (chat << 1 | stream) to an endpoint
+ * sends alike, built on its first use: the URL and the header list (the
+ * protocol's, then ours). Handles point at both while a transfer runs. */
+struct ep_kind {
+	char *url;
+	struct curl_slist *hdrs;
+};
+
 struct ep {
 	char url[TPO_CONFIG_URL_LEN];    /* trailing '/' removed */
 	char model[TPO_CONFIG_MODEL_LEN];
@@ -169,6 +184,7 @@ struct ep {
 	int probe_busy;                  /* half-open: the probe is out */
 	int slot;                        /* stats slot, -1 none */
 	uint32_t slots;                  /* "#slots=N" of the URL, 0 none */
+	struct ep_kind kind[4];
 };
 
 /*
@@ -181,9 +197,12 @@ struct uh {
 	struct uh *next;                 /* pool or drain list */
 	uint64_t drain_until;
 	/* What curl reads while the transfer runs, so a drain outlives its
-	 * call safely: the request's header list and body. */
-	struct curl_slist *hdrs;
+	 * call safely: the request's body (its URL and header list belong to
+	 * the endpoint, which outlives every handle). */
 	struct tpo_buf body;
+	int ready;                       /* the constant options are set */
+	int ok;                          /* the attempt succeeded: no reset */
+	const struct ep_kind *set;       /* URL and headers set, NULL: none */
 	char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -204,6 +223,7 @@ struct up {
 	struct uh *drains;               /* attached handles without a call */
 	jsmntok_t *toks;                 /* tpo_up_json_parse's tokens */
 	unsigned ntoks_cap;
+	int no_proxy;                    /* no proxy variable set (see create) */
 };
 
 enum { C_RUNNING = 1, C_WAIT_RETRY, C_ENDED };
@@ -545,22 +565,55 @@ static struct uh *uh_get(struct up *u)
 static void uh_free(struct uh *h)
 {
 	curl_easy_cleanup(h->easy);
-	curl_slist_free_all(h->hdrs);
 	tpo_buf_free(&h->body);
 	free(h);
 }
 
-/* Back to the pool, detached from the multi: every option, the header list
- * and the body go, the connection stays in the multi's cache. */
+/* The options every attempt shares. The handle is fresh or reset. */
+static void uh_setup(struct up *u, struct uh *h)
+{
+	CURL *e = h->easy;
+
+	curl_easy_setopt(e, CURLOPT_POST, 1L);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_data);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, h);
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(e, CURLOPT_HEADERDATA, h);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, h);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, h->errbuf);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)u->to.connect_ms);
+	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+	/* Receive buffer per transfer: 8 KiB instead of curl's 16 holds many
+	 * SSE events per read and halves what max_inflight transfers pin. */
+	curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 8192L);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	if (u->no_proxy) {
+		/* No proxy: what curl would find in the environment anyway (see
+		 * tpo_upstream_create), without reading it per transfer. */
+		curl_easy_setopt(e, CURLOPT_PROXY, "");
+		curl_easy_setopt(e, CURLOPT_NOPROXY, "");
+	}
+	h->ready = 1;
+	h->set = NULL;
+}
+
+/* Back to the pool, detached from the multi: the body goes, and every
+ * option unless the attempt succeeded (see the top); the connection stays
+ * in the multi's cache. */
 static void uh_put(struct up *u, struct uh *h)
 {
 	if (u->npool >= POOL_MAX) {
 		uh_free(h);
 		return;
 	}
-	curl_easy_reset(h->easy);
-	curl_slist_free_all(h->hdrs);
-	h->hdrs = NULL;
+	if (!h->ok) {
+		curl_easy_reset(h->easy);
+		h->ready = 0;
+		h->set = NULL;
+	}
+	h->ok = 0;
 	h->body.len = 0;
 	if (h->body.cap > (64u << 10))
 		tpo_buf_free(&h->body);   /* a rare huge prompt keeps no memory */
@@ -639,6 +692,8 @@ static void succeed(struct tpo_up_call *c, uint64_t now)
 
 	if (c->ep >= 0)
 		ep_ok(u, &u->ep[c->ep], now);
+	if (c->h)
+		c->h->ok = 1;
 	detach(c, !c->xfer_done);
 	c->state = C_ENDED;
 	c->job->wake_ns = 0;
@@ -667,6 +722,47 @@ static void schedule(struct tpo_up_call *c, uint64_t now, int kind, long status)
 }
 
 static int launch(struct tpo_up_call *c, uint64_t now);
+
+/* The URL and header list of requests of a kind to e (built on first use)
+ * into *out. 0, or -errno. */
+static int ep_kind_get(struct up *u, struct ep *e, int chat, int stream,
+		       const struct ep_kind **out)
+{
+	struct ep_kind *k = &e->kind[(chat ? 2 : 0) | (stream ? 1 : 0)];
+	struct curl_slist *hdrs = NULL;
+	struct tpo_buf url = { 0 };
+	char path[256];
+	const char *p = path;
+	size_t ul = strlen(e->url);
+	int err;
+
+	if (k->url) {
+		*out = k;
+		return 0;
+	}
+	path[0] = 0;
+	err = u->proto->target(e->key, chat, stream, path, sizeof(path), &hdrs);
+	if (err < 0)
+		goto fail;
+	if (ul >= 3 && !strcmp(e->url + ul - 3, "/v1") && !strncmp(p, "/v1/", 4))
+		p += 3;
+	err = -ENOMEM;
+	if (tpo_buf_str(&url, e->url) < 0 || tpo_buf_str(&url, p) < 0)
+		goto fail;
+	/* No "Expect: 100-continue" round trip before a large body. */
+	if (tpo_up_header_add(&hdrs, "Content-Type: application/json") < 0 ||
+	    tpo_up_header_add(&hdrs, "Expect:") < 0 ||
+	    (stream && tpo_up_header_add(&hdrs, "Accept: text/event-stream") < 0))
+		goto fail;
+	k->url = url.p;
+	k->hdrs = hdrs;
+	*out = k;
+	return 0;
+fail:
+	curl_slist_free_all(hdrs);
+	tpo_buf_free(&url);
+	return err;
+}
 
 /*
  * One attempt failed. Retries if no token went out, attempts remain and
@@ -813,9 +909,8 @@ static int launch(struct tpo_up_call *c, uint64_t now)
 	struct up *u = c->u;
 	struct tpo_job *job = c->job;
 	struct tpo_up_req r;
-	char path[256], url[TPO_CONFIG_URL_LEN + 256];
-	const char *p;
 	struct ep *e;
+	const struct ep_kind *k;
 	struct uh *h = NULL;
 	int probe, i, err;
 	uint64_t total_ms;
@@ -844,58 +939,37 @@ static int launch(struct tpo_up_call *c, uint64_t now)
 	r.session_hash = job->session_hash;
 	r.stream = c->stream;
 	r.chat = !!(job->flags & TPO_REQF_CHAT);
-	r.api_key = e->key;
 	r.slots = e->slots;
+	err = ep_kind_get(u, e, r.chat, r.stream, &k);
+	if (err < 0)
+		goto fail;
 	h = uh_get(u);
 	if (!h) {
 		err = -ENOMEM;
 		goto fail;
 	}
-	path[0] = 0;
-	err = u->proto->request(&r, path, sizeof(path), &h->hdrs, &h->body);
+	err = u->proto->request(&r, &h->body);
 	if (err < 0)
 		goto fail;
-	p = path;
-	{
-		size_t ul = strlen(e->url);
-		if (ul >= 3 && !strcmp(e->url + ul - 3, "/v1") && !strncmp(p, "/v1/", 4))
-			p += 3;
-	}
-	snprintf(url, sizeof(url), "%s%s", e->url, p);
-	/* No "Expect: 100-continue" round trip before a large body. */
-	if (tpo_up_header_add(&h->hdrs, "Content-Type: application/json") < 0 ||
-	    tpo_up_header_add(&h->hdrs, "Expect:") < 0 ||
-	    (c->stream && tpo_up_header_add(&h->hdrs, "Accept: text/event-stream") < 0)) {
-		err = -ENOMEM;
-		goto fail;
-	}
 	total_ms = u->to.total_ms;
 	if (job->deadline_ns) {
 		uint64_t left = job->deadline_ns > now ? (job->deadline_ns - now) / MS + 1 : 1;
 		if (left < total_ms)
 			total_ms = left;
 	}
-	/* Every option is set here: the handle comes reset from the pool. */
-	curl_easy_setopt(h->easy, CURLOPT_URL, url);
-	curl_easy_setopt(h->easy, CURLOPT_POST, 1L);
+	/* What differs between attempts is set here; the rest is kept on the
+	 * handle (see the top). */
+	if (!h->ready)
+		uh_setup(u, h);
+	if (h->set != k) {
+		curl_easy_setopt(h->easy, CURLOPT_URL, k->url);
+		curl_easy_setopt(h->easy, CURLOPT_HTTPHEADER, k->hdrs);
+		h->set = k;
+	}
 	curl_easy_setopt(h->easy, CURLOPT_POSTFIELDS, h->body.p);
 	curl_easy_setopt(h->easy, CURLOPT_POSTFIELDSIZE, (long)h->body.len);
-	curl_easy_setopt(h->easy, CURLOPT_HTTPHEADER, h->hdrs);
-	curl_easy_setopt(h->easy, CURLOPT_WRITEFUNCTION, on_data);
-	curl_easy_setopt(h->easy, CURLOPT_WRITEDATA, h);
-	curl_easy_setopt(h->easy, CURLOPT_HEADERFUNCTION, on_header);
-	curl_easy_setopt(h->easy, CURLOPT_HEADERDATA, h);
-	curl_easy_setopt(h->easy, CURLOPT_PRIVATE, h);
-	curl_easy_setopt(h->easy, CURLOPT_ERRORBUFFER, h->errbuf);
-	curl_easy_setopt(h->easy, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(h->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)u->to.connect_ms);
 	curl_easy_setopt(h->easy, CURLOPT_TIMEOUT_MS, (long)total_ms);
-	curl_easy_setopt(h->easy, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(h->easy, CURLOPT_TCP_NODELAY, 1L);
-	/* Receive buffer per transfer: 8 KiB instead of curl's 16 holds many
-	 * SSE events per read and halves what max_inflight transfers pin. */
-	curl_easy_setopt(h->easy, CURLOPT_BUFFERSIZE, 8192L);
-	curl_easy_setopt(h->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	h->ok = 0;
 	h->c = c;
 	if (curl_multi_add_handle(u->multi, h->easy) != CURLM_OK) {
 		err = -ENOMEM;
@@ -1024,7 +1098,10 @@ static void up_drive(void *w, uint64_t now)
 		if (h->c) {
 			complete(h->c, m->data.result);
 		} else {
-			/* A drain ended: its connection is back in the cache. */
+			/* A drain ended: its connection is back in the cache
+			 * (unless curl failed it: then the handle is reset). */
+			if (m->data.result != CURLE_OK)
+				h->ok = 0;
 			drain_unlink(u, h);
 			uh_remove(u, h);
 		}
@@ -1036,6 +1113,7 @@ static void up_drive(void *w, uint64_t now)
 			continue;
 		}
 		*pp = h->next;           /* the response never ended: close it */
+		h->ok = 0;
 		uh_remove(u, h);
 	}
 }
@@ -1068,8 +1146,13 @@ static void up_destroy(void *w)
 		u->pool = h->next;
 		uh_free(h);
 	}
-	for (int i = 0; i < u->nep; i++)
+	for (int i = 0; i < u->nep; i++) {
 		free(u->ep[i].key);
+		for (int k = 0; k < 4; k++) {
+			free(u->ep[i].kind[k].url);
+			curl_slist_free_all(u->ep[i].kind[k].hdrs);
+		}
+	}
 	if (u->multi)
 		curl_multi_cleanup(u->multi);
 	free(u->toks);
@@ -1121,6 +1204,23 @@ int tpo_upstream_create(const struct tpo_config_infer *cfg, const struct tpo_pro
 	u->balance = cfg->balance;
 	u->stats = stats;
 	u->rng = mix64((uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ tpo_now_ns()) | 1;
+	/*
+	 * The variables libcurl 7.88 reads per transfer to find a proxy for
+	 * an http or https URL: <scheme>_proxy (http_proxy only in lower case:
+	 * curl never reads HTTP_PROXY), HTTPS_PROXY, all_proxy, ALL_PROXY.
+	 * When none is set (an empty one counts as set), curl would use no
+	 * proxy, so handles say so (CURLOPT_PROXY and CURLOPT_NOPROXY "") and
+	 * curl skips these lookups and no_proxy's. When one is set, curl's own
+	 * handling stays.
+	 */
+	u->no_proxy = 1;
+	{
+		static const char *const vars[] = { "http_proxy", "https_proxy", "HTTPS_PROXY",
+						    "all_proxy", "ALL_PROXY" };
+		for (size_t k = 0; k < sizeof(vars) / sizeof(vars[0]); k++)
+			if (getenv(vars[k]))
+				u->no_proxy = 0;
+	}
 	u->multi = curl_multi_init();
 	if (!u->multi)
 		goto nomem;

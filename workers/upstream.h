@@ -8,7 +8,9 @@
  * breakers, timeouts, retries, error mapping, SSE framing and stats. A
  * protocol only says how a request looks and what an event means:
  *
- *   request()  the path (appended to the endpoint URL), headers and JSON body
+ *   target()   the path (appended to the endpoint URL) and headers of a kind
+ *              of request to an endpoint: asked once, reused for every request
+ *   request()  the JSON body of one request
  *   event()    one SSE event of a streamed answer
  *   body()     a whole non-streamed answer
  *
@@ -50,7 +52,6 @@ struct tpo_up_req {
 	uint64_t session_hash;
 	int stream;                  /* ask for a streamed answer */
 	int chat;                    /* a chat request (else a plain completion) */
-	const char *api_key;         /* NULL: none */
 	uint32_t slots;              /* server slots ("#slots=N" in the URL), 0: unknown */
 };
 
@@ -58,10 +59,15 @@ struct tpo_up_call;   /* one request in flight (opaque to protocols) */
 
 struct tpo_proto {
 	const char *name;
-	/* Fills path (e.g. "/v1/chat/completions"), extra headers and the JSON
-	 * body. 0 or -errno. */
-	int (*request)(const struct tpo_up_req *r, char *path, size_t pathcap,
-		       struct curl_slist **headers, struct tpo_buf *body);
+	/* Fills path (e.g. "/v1/chat/completions") and appends the extra
+	 * headers of every request of one kind (chat or not, streamed or not)
+	 * to an endpoint whose API key is api_key (NULL: none). Depends on
+	 * nothing else: the engine asks once per endpoint and kind and sends
+	 * the same path and header list with each such request. 0 or -errno. */
+	int (*target)(const char *api_key, int chat, int stream, char *path, size_t pathcap,
+		      struct curl_slist **headers);
+	/* Appends the JSON body of one request to body. 0 or -errno. */
+	int (*request)(const struct tpo_up_req *r, struct tpo_buf *body);
 	/* One SSE event. 0 or -errno (the same as tpo_up_error). */
 	int (*event)(struct tpo_up_call *c, const char *name, const char *data, size_t len);
 	/* A whole non-streamed 2xx body. 0 or -errno. */

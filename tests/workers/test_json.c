@@ -291,3 +291,87 @@ Test(json, tokenize_into_matches_jsmn)
 	}
 	free(into);
 }
+
+/*
+ * Strings are scanned eight bytes at a time while every byte is plain
+ * ASCII: each byte that ends such a run (quote, escape, control character,
+ * UTF-8, invalid UTF-8), at every offset around the word boundaries and
+ * after runs of each length, is found as byte by byte. The unescaper copies
+ * runs up to a backslash at once: its result and its -ENOSPC bound too.
+ */
+Test(json, string_runs_at_every_offset)
+{
+	static const struct {
+		const char *ins;     /* raw bytes inside the quotes */
+		int ok;              /* a valid string */
+		const char *dec;     /* decoded bytes, NULL: same as ins */
+	} cases[] = {
+		{ "\\n", 1, "\n" },
+		{ "\\\"", 1, "\"" },
+		{ "\\\\", 1, "\\" },
+		{ "\\u00e9", 1, "\xc3\xa9" },
+		{ "\\ud83d\\ude00", 1, "\xf0\x9f\x98\x80" },
+		{ "\xc3\xa9", 1, NULL },
+		{ "\xe2\x82\xac", 1, NULL },
+		{ "\xf0\x9f\x98\x80", 1, NULL },
+		{ "\x7f", 1, NULL },
+		{ "~ ", 1, NULL },
+		{ "\x01", 0, NULL },
+		{ "\x1f", 0, NULL },
+		{ "\t", 0, NULL },
+		{ "\xff", 0, NULL },
+		{ "\xc3", 0, NULL },
+		{ "\xed\xa0\x80", 0, NULL },     /* a surrogate in UTF-8 */
+		{ "\\x", 0, NULL },
+		{ "\"", 0, NULL },               /* ends the string early: garbage follows */
+	};
+	char js[128], want[128], got[128];
+	jsmntok_t *toks = NULL;
+	unsigned cap = 0;
+
+	for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+		const char *ins = cases[k].ins;
+		const char *dec = cases[k].dec ? cases[k].dec : ins;
+		for (int pre = 0; pre <= 20; pre++) {
+			for (int post = 0; post <= 20; post += 3) {
+				size_t n = 0, wn = 0;
+				int r;
+
+				js[n++] = '"';
+				for (int i = 0; i < pre; i++)
+					js[n++] = want[wn++] = (char)('a' + i % 26);
+				memcpy(js + n, ins, strlen(ins));
+				n += strlen(ins);
+				memcpy(want + wn, dec, strlen(dec));
+				wn += strlen(dec);
+				for (int i = 0; i < post; i++)
+					js[n++] = want[wn++] = (char)('A' + i % 26);
+				js[n++] = '"';
+				js[n] = 0;
+				want[wn] = 0;
+
+				r = tpo_json_validate(js, n, NULL);
+				cr_assert_eq(r, cases[k].ok ? 0 : -EINVAL, "case %zu pre %d post %d: %d",
+					     k, pre, post, r);
+				r = tpo_json_tokenize_into(js, n, &toks, &cap, NULL);
+				if (!cases[k].ok) {
+					cr_assert_lt(r, 0, "case %zu pre %d post %d", k, pre, post);
+					continue;
+				}
+				cr_assert_eq(r, 1);
+				cr_assert_eq(toks[0].type, JSMN_STRING);
+				cr_assert_eq(toks[0].start, 1);
+				cr_assert_eq(toks[0].end, (int)n - 1, "case %zu pre %d post %d", k, pre,
+					     post);
+				r = tpo_json_get_string(js, &toks[0], got, sizeof(got));
+				cr_assert_eq(r, (int)wn, "case %zu pre %d post %d: %d", k, pre, post, r);
+				cr_assert_eq(memcmp(got, want, wn + 1), 0, "case %zu pre %d post %d", k,
+					     pre, post);
+				/* One byte short of room for the result and its NUL. */
+				r = tpo_json_get_string(js, &toks[0], got, wn);
+				cr_assert_eq(r, -ENOSPC, "case %zu pre %d post %d: %d", k, pre, post, r);
+			}
+		}
+	}
+	free(toks);
+}

@@ -662,6 +662,66 @@ Test(upstream, reused_handle_carries_no_state)
 	h_stop(&in);
 }
 
+/*
+ * A handle whose call succeeded keeps its options (only the body, timeout,
+ * URL and header list are set per attempt): what differs between calls
+ * must still change. Calls alternate streamed / not, chat / completion,
+ * and a short deadline is followed by a slow answer that needs a longer
+ * one. Sequential calls on one lane reuse the pooled handle.
+ */
+Test(upstream, reused_handle_after_success_switches_kind)
+{
+	struct h_conn c;
+	char body[1024], text[4096], finish[32], out[8192];
+	const char *cbody = "{\"model\":\"m\",\"stream\":false,\"prompt\":\"compl\"}";
+	int64_t usage;
+
+	tmo_ms = 5000;
+	start("rs", "openai", ", \"api_key_env\": \"TPO_TEST_KEY\"", 100, "TPO_TEST_KEY=sk-rs");
+	/* A streamed call with a 400 ms deadline that succeeds at once. */
+	h_chat_body(body, sizeof(body), "first", 1, NULL);
+	h_open(&c, in.port, "POST", "/v1/chat/completions", "X-Request-Timeout: 400\r\n", body,
+	       strlen(body));
+	cr_assert_eq(c.status, 200);
+	cr_assert_eq(h_read_stream(&c, 1, text, sizeof(text), finish, sizeof(finish), &usage), 5);
+	h_conn_free(&c);
+	srv_last(out, sizeof(out));
+	cr_assert(strstr(out, "\"accept\":\"text/event-stream\""), "%s", out);
+	h_sleep_ms(60);   /* past the drain: the handle is back in the pool */
+
+	/* Not streamed, 700 ms to the status line: the old deadline is gone. */
+	cr_assert_eq(chat_once("[[srv:slow_headers=700]] second", out, sizeof(out)), 200, "%s",
+		     out);
+	cr_assert(strstr(out, "\"content\":\"tok0 tok1 tok2\""), "%s", out);
+	srv_last(out, sizeof(out));
+	cr_assert(strstr(out, "second"), "%s", out);
+	cr_assert(strstr(out, "\"stream\":false"), "%s", out);
+	cr_assert_null(strstr(out, "event-stream"), "the old Accept header was sent: %s", out);
+	cr_assert(strstr(out, "\"authorization\":\"Bearer sk-rs\""), "%s", out);
+	cr_assert(strstr(out, "\"content-type\":\"application/json\""), "%s", out);
+	cr_assert(strstr(out, "\"path\":\"/v1/chat/completions\""), "%s", out);
+
+	/* A completion: another path on the same handle. */
+	h_http(&c, in.port, "POST", "/v1/completions", NULL, cbody);
+	cr_assert_eq(c.status, 200, "%s", c.body);
+	h_conn_free(&c);
+	srv_last(out, sizeof(out));
+	cr_assert(strstr(out, "\"path\":\"/v1/completions\""), "%s", out);
+	cr_assert(strstr(out, "compl"), "%s", out);
+	cr_assert(strstr(out, "\"authorization\":\"Bearer sk-rs\""), "%s", out);
+
+	/* Streamed again: the Accept header is back. */
+	chat_stream("third", text, sizeof(text), finish);
+	cr_assert_str_eq(text, "tok0 tok1 tok2 tok3 tok4");
+	srv_last(out, sizeof(out));
+	cr_assert(strstr(out, "third"), "%s", out);
+	cr_assert(strstr(out, "\"stream\":true"), "%s", out);
+	cr_assert(strstr(out, "\"accept\":\"text/event-stream\""), "%s", out);
+	cr_assert(strstr(out, "\"path\":\"/v1/chat/completions\""), "%s", out);
+	cr_assert_eq(srv_conns(), 1, "the calls did not share one connection");
+	h_stop(&in);
+}
+
 /* Whether process pid maps a file whose path contains what. */
 static int maps_contain(pid_t pid, const char *what)
 {
