@@ -36,6 +36,7 @@
  * while ACTIVE; reading resumes when the request ends), output is buffered
  * only after a short write, so the next EPOLLOUT edge flushes it.
  */
+#include "stagebin/fmt.h"
 #include "stagebin/http.h"
 
 #include <errno.h>
@@ -536,26 +537,44 @@ static void flush_out(struct tpo_http_conn *c)
 static int format_head(struct tpo_http_conn *c, char *buf, size_t cap, int status,
 		       const char *ctype, long long clen)
 {
-	const char *conn_hdr = "";
-	int n, m;
+	const char *conn_hdr = "", *reason = tpo_http_reason(status);
+	size_t need, n = 0;
+	char len[TPO_FMT_I64_MAX];
+	size_t lenlen = clen >= 0 ? tpo_fmt_i64(len, clen) : 0;
 
 	if (c->close_req)
 		conn_hdr = "Connection: close\r\n";
 	else if (c->http_major == 1 && c->http_minor == 0)
 		conn_hdr = "Connection: keep-alive\r\n";
-	n = snprintf(buf, cap, "HTTP/1.1 %d %s\r\n%s%s%s%s", status, tpo_http_reason(status),
-		     ctype ? "Content-Type: " : "", ctype ? ctype : "", ctype ? "\r\n" : "", conn_hdr);
-	if (n < 0 || (size_t)n >= cap)
+	if (status < 100 || status > 999)
 		return -EINVAL;
-	if (clen >= 0)
-		m = snprintf(buf + n, cap - (size_t)n, "Content-Length: %lld\r\n", clen);
-	else if (!c->stream_raw)
-		m = snprintf(buf + n, cap - (size_t)n, "Transfer-Encoding: chunked\r\n");
-	else
-		m = 0;
-	if (m < 0 || (size_t)(n + m) >= cap)
+	/* Longest case first, so nothing below can run past buf. */
+	need = 15 + strlen(reason) + (ctype ? 16 + strlen(ctype) : 0) + strlen(conn_hdr) +
+	       (clen >= 0 ? 18 + lenlen : 28);
+	if (need >= cap)
 		return -EINVAL;
-	return n + m;
+#define PUT(s, l) (memcpy(buf + n, (s), (l)), n += (l))
+	PUT("HTTP/1.1 ", 9);
+	n += tpo_fmt_u64(buf + n, (uint64_t)status);
+	buf[n++] = ' ';
+	PUT(reason, strlen(reason));
+	PUT("\r\n", 2);
+	if (ctype) {
+		PUT("Content-Type: ", 14);
+		PUT(ctype, strlen(ctype));
+		PUT("\r\n", 2);
+	}
+	PUT(conn_hdr, strlen(conn_hdr));
+	if (clen >= 0) {
+		PUT("Content-Length: ", 16);
+		PUT(len, lenlen);
+		PUT("\r\n", 2);
+	} else if (!c->stream_raw) {
+		PUT("Transfer-Encoding: chunked\r\n", 28);
+	}
+#undef PUT
+	buf[n] = '\0';
+	return (int)n;
 }
 
 static int check_active(const struct tpo_http_conn *c)
@@ -673,6 +692,7 @@ int tpo_http_stream_write(struct tpo_http_conn *c, const void *data, size_t len)
 {
 	char size[24];
 	struct iovec iov[3];
+	size_t n;
 	int r;
 
 	r = check_active(c);
@@ -686,7 +706,9 @@ int tpo_http_stream_write(struct tpo_http_conn *c, const void *data, size_t len)
 		iov[0] = (struct iovec){ (void *)data, len };
 		return conn_send(c, iov, 1);
 	}
-	iov[0] = (struct iovec){ size, (size_t)snprintf(size, sizeof(size), "%zx\r\n", len) };
+	n = tpo_fmt_hex(size, len, 0);
+	memcpy(size + n, "\r\n", 2);
+	iov[0] = (struct iovec){ size, n + 2 };
 	iov[1] = (struct iovec){ (void *)data, len };
 	iov[2] = (struct iovec){ "\r\n", 2 };
 	return conn_send(c, iov, 3);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "stagebin/fmt.h"
 #include "stagebin/openai.h"
 #include "stagebin/textproc.h"
 #include "workers/json.h"
@@ -527,6 +528,23 @@ static void w_lit(struct wr *w, const char *s)
 	w_raw(w, s, strlen(s));
 }
 
+/* A string literal: its length known at compile time. */
+#define W_LIT(w, lit) w_raw((w), (lit), sizeof(lit) - 1)
+
+static void w_u64(struct wr *w, uint64_t v)
+{
+	char d[TPO_FMT_U64_MAX];
+
+	w_raw(w, d, tpo_fmt_u64(d, v));
+}
+
+static void w_i64(struct wr *w, int64_t v)
+{
+	char d[TPO_FMT_I64_MAX];
+
+	w_raw(w, d, tpo_fmt_i64(d, v));
+}
+
 __attribute__((format(printf, 2, 3)))
 static void w_fmt(struct wr *w, const char *fmt, ...)
 {
@@ -573,7 +591,7 @@ static void w_jstr_or_null(struct wr *w, const char *s)
 	if (s)
 		w_jcstr(w, s);
 	else
-		w_lit(w, "null");
+		W_LIT(w, "null");
 }
 
 static int w_end(struct wr *w)
@@ -586,28 +604,41 @@ static int w_end(struct wr *w)
 
 int tpo_oai_make_id(char *buf, size_t cap, int kind, uint64_t req_id)
 {
-	int n = snprintf(buf, cap, "%s%016" PRIx64,
-			 kind == TPO_OAI_CHAT ? "chatcmpl-" : "cmpl-", req_id);
+	const char *pre = kind == TPO_OAI_CHAT ? "chatcmpl-" : "cmpl-";
+	size_t n = strlen(pre);
 
-	return n < 0 || (size_t)n >= cap ? -ENOSPC : n;
+	if (n + 16 >= cap)
+		return -ENOSPC;
+	memcpy(buf, pre, n);
+	n += tpo_fmt_hex(buf + n, req_id, 16);
+	buf[n] = '\0';
+	return (int)n;
 }
 
 /* {"id":..,"object":..,"created":..,"model":..,"choices":[ */
 static void w_head(struct wr *w, const char *object, const char *id, int64_t created,
 		   const char *model)
 {
-	w_lit(w, "{\"id\":");
+	W_LIT(w, "{\"id\":");
 	w_jcstr(w, id);
-	w_fmt(w, ",\"object\":\"%s\",\"created\":%" PRId64 ",\"model\":", object, created);
+	W_LIT(w, ",\"object\":\"");
+	w_lit(w, object);
+	W_LIT(w, "\",\"created\":");
+	w_i64(w, created);
+	W_LIT(w, ",\"model\":");
 	w_jcstr(w, model);
-	w_lit(w, ",\"choices\":[");
+	W_LIT(w, ",\"choices\":[");
 }
 
 static void w_usage(struct wr *w, uint32_t prompt_tokens, uint32_t completion_tokens)
 {
-	w_fmt(w, "\"usage\":{\"prompt_tokens\":%" PRIu32 ",\"completion_tokens\":%" PRIu32
-	      ",\"total_tokens\":%" PRIu64 "}", prompt_tokens, completion_tokens,
-	      (uint64_t)prompt_tokens + completion_tokens);
+	W_LIT(w, "\"usage\":{\"prompt_tokens\":");
+	w_u64(w, prompt_tokens);
+	W_LIT(w, ",\"completion_tokens\":");
+	w_u64(w, completion_tokens);
+	W_LIT(w, ",\"total_tokens\":");
+	w_u64(w, (uint64_t)prompt_tokens + completion_tokens);
+	W_LIT(w, "}");
 }
 
 static const char *chunk_object(int kind)
@@ -620,19 +651,19 @@ int tpo_oai_chunk(char *buf, size_t cap, int kind, const char *id, int64_t creat
 {
 	struct wr w = { buf, cap, 0, 0 };
 
-	w_lit(&w, "data: ");
+	W_LIT(&w, "data: ");
 	w_head(&w, chunk_object(kind), id, created, model);
 	if (kind == TPO_OAI_CHAT) {
-		w_lit(&w, "{\"index\":0,\"delta\":{");
+		W_LIT(&w, "{\"index\":0,\"delta\":{");
 		if (first)
-			w_lit(&w, "\"role\":\"assistant\",");
-		w_lit(&w, "\"content\":");
+			W_LIT(&w, "\"role\":\"assistant\",");
+		W_LIT(&w, "\"content\":");
 		w_jstr(&w, delta, dlen);
-		w_lit(&w, "},\"finish_reason\":null}]}\n\n");
+		W_LIT(&w, "},\"finish_reason\":null}]}\n\n");
 	} else {
-		w_lit(&w, "{\"text\":");
+		W_LIT(&w, "{\"text\":");
 		w_jstr(&w, delta, dlen);
-		w_lit(&w, ",\"index\":0,\"finish_reason\":null}]}\n\n");
+		W_LIT(&w, ",\"index\":0,\"finish_reason\":null}]}\n\n");
 	}
 	return w_end(&w);
 }
@@ -645,20 +676,20 @@ int tpo_oai_final_chunk(char *buf, size_t cap, int kind, const char *id, int64_t
 
 	if (!finish_reason)
 		finish_reason = "stop";
-	w_lit(&w, "data: ");
+	W_LIT(&w, "data: ");
 	w_head(&w, chunk_object(kind), id, created, model);
 	if (kind == TPO_OAI_CHAT)
-		w_lit(&w, "{\"index\":0,\"delta\":{},\"finish_reason\":");
+		W_LIT(&w, "{\"index\":0,\"delta\":{},\"finish_reason\":");
 	else
-		w_lit(&w, "{\"text\":\"\",\"index\":0,\"finish_reason\":");
+		W_LIT(&w, "{\"text\":\"\",\"index\":0,\"finish_reason\":");
 	w_jcstr(&w, finish_reason);
-	w_lit(&w, "}]}\n\n");
+	W_LIT(&w, "}]}\n\n");
 	if (include_usage) {
-		w_lit(&w, "data: ");
+		W_LIT(&w, "data: ");
 		w_head(&w, chunk_object(kind), id, created, model);
-		w_lit(&w, "],");
+		W_LIT(&w, "],");
 		w_usage(&w, prompt_tokens, completion_tokens);
-		w_lit(&w, "}\n\n");
+		W_LIT(&w, "}\n\n");
 	}
 	return w_end(&w);
 }
@@ -674,34 +705,34 @@ int tpo_oai_full_response(char *buf, size_t cap, int kind, const char *id, int64
 		finish_reason = "stop";
 	if (kind == TPO_OAI_CHAT) {
 		w_head(&w, "chat.completion", id, created, model);
-		w_lit(&w, "{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
+		W_LIT(&w, "{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
 		w_jstr(&w, content, clen);
-		w_lit(&w, "},\"logprobs\":null,\"finish_reason\":");
+		W_LIT(&w, "},\"logprobs\":null,\"finish_reason\":");
 	} else {
 		w_head(&w, "text_completion", id, created, model);
-		w_lit(&w, "{\"text\":");
+		W_LIT(&w, "{\"text\":");
 		w_jstr(&w, content, clen);
-		w_lit(&w, ",\"index\":0,\"logprobs\":null,\"finish_reason\":");
+		W_LIT(&w, ",\"index\":0,\"logprobs\":null,\"finish_reason\":");
 	}
 	w_jcstr(&w, finish_reason);
-	w_lit(&w, "}],");
+	W_LIT(&w, "}],");
 	w_usage(&w, prompt_tokens, completion_tokens);
-	w_lit(&w, "}");
+	W_LIT(&w, "}");
 	return w_end(&w);
 }
 
 static void w_error(struct wr *w, const char *message, const char *type,
 		    const char *param, const char *code)
 {
-	w_lit(w, "{\"error\":{\"message\":");
+	W_LIT(w, "{\"error\":{\"message\":");
 	w_jcstr(w, message ? message : "");
-	w_lit(w, ",\"type\":");
+	W_LIT(w, ",\"type\":");
 	w_jcstr(w, type ? type : "invalid_request_error");
-	w_lit(w, ",\"param\":");
+	W_LIT(w, ",\"param\":");
 	w_jstr_or_null(w, param);
-	w_lit(w, ",\"code\":");
+	W_LIT(w, ",\"code\":");
 	w_jstr_or_null(w, code);
-	w_lit(w, "}}");
+	W_LIT(w, "}}");
 }
 
 int tpo_oai_error_body(char *buf, size_t cap, const char *message, const char *type,
@@ -718,9 +749,9 @@ int tpo_oai_error_event(char *buf, size_t cap, const char *message, const char *
 {
 	struct wr w = { buf, cap, 0, 0 };
 
-	w_lit(&w, "data: ");
+	W_LIT(&w, "data: ");
 	w_error(&w, message, type, param, code);
-	w_lit(&w, "\n\n");
+	W_LIT(&w, "\n\n");
 	return w_end(&w);
 }
 
@@ -728,13 +759,13 @@ int tpo_oai_models(char *buf, size_t cap, const char *const names[], int n, int6
 {
 	struct wr w = { buf, cap, 0, 0 };
 
-	w_lit(&w, "{\"object\":\"list\",\"data\":[");
+	W_LIT(&w, "{\"object\":\"list\",\"data\":[");
 	for (int i = 0; i < n; i++) {
 		w_lit(&w, i ? ",{\"id\":" : "{\"id\":");
 		w_jcstr(&w, names[i]);
 		w_fmt(&w, ",\"object\":\"model\",\"created\":%" PRId64 ",\"owned_by\":\"tpo\"}",
 		      created);
 	}
-	w_lit(&w, "]}");
+	W_LIT(&w, "]}");
 	return w_end(&w);
 }

@@ -26,6 +26,7 @@
 
 #include <http_parser.h>
 
+#include "stagebin/fmt.h"
 #include "stagebin/http.h"
 #include "stagebin/openai.h"
 #include "stagebin/stage.h"
@@ -183,8 +184,24 @@ static void req_free(struct sreq *r)
 
 static void req_headers(char *buf, size_t cap, const struct sreq *r, const char *more)
 {
-	snprintf(buf, cap, "X-Request-Id: %016llx\r\nX-Tpo-Lane: %d\r\n%s",
-		 (unsigned long long)r->id, r->lane, more ? more : "");
+	size_t mlen = more ? strlen(more) : 0, n = 0;
+
+	/* "X-Request-Id: " 16 hex "\r\nX-Tpo-Lane: " up to 20 digits "\r\n",
+	 * more, NUL; a buffer too small gets as much as fits. */
+	if (67 + mlen > cap) {
+		snprintf(buf, cap, "X-Request-Id: %016llx\r\nX-Tpo-Lane: %d\r\n%s",
+			 (unsigned long long)r->id, r->lane, more ? more : "");
+		return;
+	}
+	memcpy(buf, "X-Request-Id: ", 14);
+	n = 14 + tpo_fmt_hex(buf + 14, r->id, 16);
+	memcpy(buf + n, "\r\nX-Tpo-Lane: ", 14);
+	n += 14;
+	n += tpo_fmt_i64(buf + n, r->lane);
+	memcpy(buf + n, "\r\n", 2);
+	n += 2;
+	memcpy(buf + n, more ? more : "", mlen);
+	buf[n + mlen] = '\0';
 }
 
 static void count_status(int status)

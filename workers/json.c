@@ -582,6 +582,30 @@ int tpo_json_unescape(const char *src, size_t len, char *dst, size_t cap)
 	return (int)o;
 }
 
+/*
+ * The end of the run of bytes at s[p..n) that JSON strings hold as they are
+ * (all but control characters, '"' and '\\'; bytes >= 0x80 too): eight at a
+ * time, then byte by byte. (y - ONES * k) & ~y & HIGHS is non-zero iff
+ * some byte of y is < k (k <= 0x80): k 0x20 on x, k 1 on its XORs with the
+ * quote and the backslash.
+ */
+static inline size_t esc_plain_run(const unsigned char *s, size_t p, size_t n)
+{
+	while (p + 8 <= n) {
+		uint64_t x, q, b;
+
+		memcpy(&x, s + p, 8);
+		q = x ^ (ONES * '"');
+		b = x ^ (ONES * '\\');
+		if ((((x - ONES * 0x20) & ~x) | ((q - ONES) & ~q) | ((b - ONES) & ~b)) & HIGHS)
+			break;
+		p += 8;
+	}
+	while (p < n && s[p] >= 0x20 && s[p] != '"' && s[p] != '\\')
+		p++;
+	return p;
+}
+
 size_t tpo_json_escape(const char *src, size_t len, char *dst, size_t cap)
 {
 	static const char hex[] = "0123456789abcdef";
@@ -589,9 +613,27 @@ size_t tpo_json_escape(const char *src, size_t len, char *dst, size_t cap)
 	int full = cap == 0;
 
 	for (i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)src[i];
+		unsigned char c;
 		char tmp[6];
-		size_t n = 2;
+		size_t n = 2, run = esc_plain_run((const unsigned char *)src, i, len) - i;
+
+		/* A run of plain bytes at once, as far as it fits. */
+		if (run) {
+			size_t k = full || o + 1 >= cap ? 0 : cap - 1 - o;
+			if (k > run)
+				k = run;
+			if (k) {
+				memcpy(dst + o, src + i, k);
+				o += k;
+			}
+			if (k < run)
+				full = 1;
+			need += run;
+			i += run;
+			if (i == len)
+				break;
+		}
+		c = (unsigned char)src[i];
 
 		tmp[0] = '\\';
 		switch (c) {

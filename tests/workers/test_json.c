@@ -5,6 +5,7 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -374,4 +375,68 @@ Test(json, string_runs_at_every_offset)
 		}
 	}
 	free(toks);
+}
+
+/* The escaping of the byte-at-a-time definition, for comparison. */
+static size_t escape_ref(const char *src, size_t len, char *dst, size_t cap)
+{
+	size_t need = 0, o = 0;
+	int full = cap == 0;
+
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)src[i];
+		char tmp[8];
+		size_t n;
+
+		if (c == '"' || c == '\\')
+			n = (size_t)snprintf(tmp, sizeof(tmp), "\\%c", c);
+		else if (c == '\n' || c == '\r' || c == '\t' || c == '\b' || c == '\f')
+			n = (size_t)snprintf(tmp, sizeof(tmp), "\\%c",
+					     c == '\n' ? 'n' : c == '\r' ? 'r' : c == '\t' ? 't' :
+					     c == '\b' ? 'b' : 'f');
+		else if (c < 0x20)
+			n = (size_t)snprintf(tmp, sizeof(tmp), "\\u%04x", c);
+		else
+			n = (size_t)snprintf(tmp, sizeof(tmp), "%c", c);
+		need += n;
+		if (!full && o + n < cap) {
+			memcpy(dst + o, tmp, n);
+			o += n;
+		} else {
+			full = 1;
+		}
+	}
+	if (cap > 0)
+		dst[o] = '\0';
+	return need;
+}
+
+/* Runs of plain bytes are copied word by word: every kind of byte at every
+ * offset and every output size gives what the definition gives. */
+Test(json, escape_runs_at_every_offset_and_size)
+{
+	static const char special[] = { '"', '\\', '\n', '\x01', '\x1f', ' ', '\x7f', '\x80', '\xff', 'a' };
+	char src[40], got[256], want[256];
+
+	for (size_t k = 0; k < sizeof(special); k++)
+		for (size_t at = 0; at < 24; at++) {
+			size_t len = 24 + at % 7;
+			for (size_t i = 0; i < len; i++)
+				src[i] = (char)('a' + (i * 7) % 26);
+			src[at] = special[k];
+			if (at + 9 < len)
+				src[at + 9] = special[(k + 3) % sizeof(special)];
+			for (size_t cap = 0; cap <= 6 * len + 2; cap++) {
+				size_t n, m;
+				memset(got, 'X', sizeof(got));
+				memset(want, 'X', sizeof(want));
+				n = tpo_json_escape(src, len, cap ? got : NULL, cap);
+				m = escape_ref(src, len, cap ? want : NULL, cap);
+				cr_assert_eq(n, m, "byte 0x%02x at %zu, cap %zu: need %zu, want %zu",
+					     (unsigned char)special[k], at, cap, n, m);
+				cr_assert_eq(memcmp(got, want, sizeof(got)), 0,
+					     "byte 0x%02x at %zu, cap %zu: '%.*s' want '%.*s'",
+					     (unsigned char)special[k], at, cap, (int)cap, got, (int)cap, want);
+			}
+		}
 }
