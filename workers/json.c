@@ -86,6 +86,9 @@ static const unsigned char str_plain[256] = {
 	/* 0x80-0xff: UTF-8 */
 };
 
+/* The word-at-a-time scans below read the first byte as the lowest. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "little-endian byte order assumed");
+
 #define ONES  0x0101010101010101ull
 #define HIGHS 0x8080808080808080ull
 
@@ -101,13 +104,16 @@ static const unsigned char str_plain[256] = {
 static inline size_t str_plain_run(const unsigned char *s, size_t p, size_t n)
 {
 	while (p + 8 <= n) {
-		uint64_t x, q, b;
+		uint64_t x, q, b, m;
 
 		memcpy(&x, s + p, 8);
 		q = x ^ (ONES * '"');
 		b = x ^ (ONES * '\\');
-		if (((x - ONES * 0x20) | (q - ONES) | (b - ONES) | x) & HIGHS)
-			break;
+		m = ((x - ONES * 0x20) | (q - ONES) | (b - ONES) | x) & HIGHS;
+		/* A borrow only runs upwards: the lowest flag is exact
+		 * (little-endian: the lowest byte comes first). */
+		if (m)
+			return p + (size_t)__builtin_ctzll(m) / 8;
 		p += 8;
 	}
 	while (p < n && str_plain[s[p]])
@@ -592,13 +598,14 @@ int tpo_json_unescape(const char *src, size_t len, char *dst, size_t cap)
 static inline size_t esc_plain_run(const unsigned char *s, size_t p, size_t n)
 {
 	while (p + 8 <= n) {
-		uint64_t x, q, b;
+		uint64_t x, q, b, m;
 
 		memcpy(&x, s + p, 8);
 		q = x ^ (ONES * '"');
 		b = x ^ (ONES * '\\');
-		if ((((x - ONES * 0x20) & ~x) | ((q - ONES) & ~q) | ((b - ONES) & ~b)) & HIGHS)
-			break;
+		m = (((x - ONES * 0x20) & ~x) | ((q - ONES) & ~q) | ((b - ONES) & ~b)) & HIGHS;
+		if (m)   /* the lowest flag is exact, as in str_plain_run */
+			return p + (size_t)__builtin_ctzll(m) / 8;
 		p += 8;
 	}
 	while (p < n && s[p] >= 0x20 && s[p] != '"' && s[p] != '\\')
