@@ -785,7 +785,9 @@ static void conn_abort(struct tpo_http_conn *c, int status, const char *message)
 	c->http_minor = 1;
 	c->stream_raw = 0;
 	b = format_error(body, sizeof(body), status, message);
-	n = format_head(c, head, sizeof(head), status, "application/json", b);
+	n = format_head(c, head, sizeof(head) - 2, status, "application/json", b);
+	if (n < 0)
+		return;
 	memcpy(head + n, "\r\n", 2);
 	iov[0] = (struct iovec){ head, (size_t)n + 2 };
 	iov[1] = (struct iovec){ body, (size_t)b };

@@ -529,7 +529,7 @@ static void w_lit(struct wr *w, const char *s)
 }
 
 /* A string literal: its length known at compile time. */
-#define W_LIT(w, lit) w_raw((w), (lit), sizeof(lit) - 1)
+#define W_LIT(w, lit) w_raw((w), "" lit, sizeof("" lit) - 1)   /* "" lit: literals only */
 
 static void w_u64(struct wr *w, uint64_t v)
 {

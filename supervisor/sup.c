@@ -203,11 +203,19 @@ static void child_exec(struct sup *s, struct unit *u)
 	/* A stage's work per wake-up is one short batch, after which it sleeps
 	 * again: with SCHED_BATCH the stage it wakes runs then, instead of
 	 * preempting it and costing two more context switches per hop. */
-	if (s->cfg->sched == TPO_SCHED_BATCH) {
+	{
 		struct sched_param sp = { .sched_priority = 0 };
-		if (sched_setscheduler(0, SCHED_BATCH, &sp) < 0)
-			logmsg(LOG_WARNING, "%s[%d]: unable to set SCHED_BATCH: %s",
-			       tpo_stage_name(u->stage), u->lane, strerror(errno));
+		int want = s->cfg->sched == TPO_SCHED_BATCH ? SCHED_BATCH : SCHED_OTHER;
+		int have = sched_getscheduler(0);
+		/* "normal" means SCHED_OTHER even under a supervisor started
+		 * with another policy (chrt, systemd CPUSchedulingPolicy=);
+		 * real-time policies set by the administrator are kept. */
+		if (have != want && (have == SCHED_OTHER || have == SCHED_BATCH ||
+				     have == SCHED_IDLE) &&
+		    sched_setscheduler(0, want, &sp) < 0)
+			logmsg(LOG_WARNING, "%s[%d]: unable to set scheduling policy %s: %s",
+			       tpo_stage_name(u->stage), u->lane,
+			       want == SCHED_BATCH ? "SCHED_BATCH" : "SCHED_OTHER", strerror(errno));
 	}
 	snprintf(path, sizeof(path), "%s/tpo-%s", s->bindir, tpo_stage_name(u->stage));
 	snprintf(lane, sizeof(lane), "%d", u->lane);

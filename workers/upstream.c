@@ -686,14 +686,15 @@ static void final_fail(struct tpo_up_call *c, int status, const char *msg)
 	c->job->sink->fail(c->job, status, msg);
 }
 
-static void succeed(struct tpo_up_call *c, uint64_t now)
+/* clean: the transfer itself ended well (its handle needs no reset). */
+static void succeed(struct tpo_up_call *c, uint64_t now, int clean)
 {
 	struct up *u = c->u;
 
 	if (c->ep >= 0)
 		ep_ok(u, &u->ep[c->ep], now);
 	if (c->h)
-		c->h->ok = 1;
+		c->h->ok = clean;
 	detach(c, !c->xfer_done);
 	c->state = C_ENDED;
 	c->job->wake_ns = 0;
@@ -849,7 +850,9 @@ static void complete(struct tpo_up_call *c, CURLcode rc)
 		return;
 	}
 	if (c->ended) {
-		succeed(c, now);
+		/* The answer was whole; a transfer that failed after it still
+		 * gets its handle reset, as the top says. */
+		succeed(c, now, rc == CURLE_OK);
 		return;
 	}
 	if (!c->status)
@@ -883,7 +886,7 @@ static void complete(struct tpo_up_call *c, CURLcode rc)
 			tpo_up_end(c, c->finish_hint);   /* no end marker, but a finish reason */
 		}
 		if (c->ended) {
-			succeed(c, now);
+			succeed(c, now, 1);
 			return;
 		}
 		attempt_fail(c, F_TRANSIENT, 0, 1, c->perr_set ? c->perr :
@@ -1044,7 +1047,7 @@ static void up_poll(void *w, struct tpo_job *job, uint64_t now)
 	if (c->state != C_RUNNING)
 		return;
 	if (c->ended) {
-		succeed(c, now);
+		succeed(c, now, 1);
 		return;
 	}
 	if (c->attempt_tokens == 0 && now >= c->sent_ns + (uint64_t)u->to.first_token_ms * MS) {

@@ -150,6 +150,8 @@ Test(supervisor, stages_run_sched_batch_unless_told_normal)
 {
 	struct tpo_stats st;
 	struct tpo_proc_snapshot p;
+	struct sched_param sp = { .sched_priority = 0 };
+	int old;
 
 	h_start(&in, "schb", FAST_CFG);
 	in.crashes_ok = 1;
@@ -160,14 +162,19 @@ Test(supervisor, stages_run_sched_batch_unless_told_normal)
 	cr_assert_eq(kill(p.pid, SIGKILL), 0);
 	wait_restarted(&st, TPO_STAGE_POST, 1, p.pid, &p);
 	cr_assert_eq(sched_getscheduler(p.pid), SCHED_BATCH);
-	/* The supervisor itself keeps the default policy. */
-	cr_assert_eq(sched_getscheduler(in.pid), SCHED_OTHER);
+	/* The supervisor itself keeps the policy it was started with. */
+	cr_assert_eq(sched_getscheduler(in.pid), sched_getscheduler(0));
 	tpo_stats_close(&st);
 	h_stop(&in);
 
+	/* "normal" is SCHED_OTHER even when the supervisor runs SCHED_BATCH. */
+	old = sched_getscheduler(0);
+	cr_assert_eq(sched_setscheduler(0, SCHED_BATCH, &sp), 0);
 	h_start(&in, "schn",
 		"{\"lanes\": 2, \"sched\": \"normal\","
 		" \"stages\": {\"infer\": {\"mock\": {\"tokens_per_second\": 0}}}}");
+	cr_assert_eq(sched_setscheduler(0, old, &sp), 0);
+	cr_assert_eq(sched_getscheduler(in.pid), SCHED_BATCH);
 	h_stats_attach(&in, &st);
 	assert_policy(&st, SCHED_OTHER, "\"sched\": \"normal\"");
 	tpo_stats_close(&st);

@@ -419,13 +419,15 @@ Test(json, escape_runs_at_every_offset_and_size)
 	char src[40], got[256], want[256];
 
 	for (size_t k = 0; k < sizeof(special); k++)
-		for (size_t at = 0; at < 24; at++) {
+		for (size_t at = 0; at < 24; at++)
+		for (size_t gap = 1; gap <= 9; gap++) {
 			size_t len = 24 + at % 7;
 			for (size_t i = 0; i < len; i++)
 				src[i] = (char)('a' + (i * 7) % 26);
 			src[at] = special[k];
-			if (at + 9 < len)
-				src[at + 9] = special[(k + 3) % sizeof(special)];
+			/* A second special byte, in the same word or the next. */
+			if (at + gap < len)
+				src[at + gap] = special[(k + gap) % sizeof(special)];
 			for (size_t cap = 0; cap <= 6 * len + 2; cap++) {
 				size_t n, m;
 				memset(got, 'X', sizeof(got));
