@@ -85,6 +85,9 @@ struct tpo_http_conn {
 	uint8_t in_cb;                  /* inside on_request for this conn */
 	uint8_t pending;                /* on srv->pending */
 	uint8_t shut, peer_eof;
+	/* The last recv was short: the socket had nothing more (epoll(7)),
+	 * so the next read before a new event would only see EAGAIN. */
+	uint8_t rx_empty;
 	uint8_t hstate;
 	uint8_t ishared;                /* [ioff, ioff+ilen) is in srv->rbuf */
 	uint8_t in_parse;               /* inside http_parser_execute on m */
@@ -1192,6 +1195,10 @@ static int conn_read(struct tpo_http_conn *c)
 
 	if (ibuf_settle(c) < 0)
 		return -1;
+	if (c->rx_empty) {
+		c->rx_empty = 0;
+		return 0;
+	}
 	if (c->ilen == 0) {
 		if (!srv->rbuf && !(srv->rbuf = malloc(IBUF_SIZE))) {
 			conn_release(c);
@@ -1223,6 +1230,7 @@ static int conn_read(struct tpo_http_conn *c)
 	}
 	r = recv(c->fd, dst, room, MSG_DONTWAIT);
 	if (r > 0) {
+		c->rx_empty = (size_t)r < room;
 		if (c->phase == PH_CLOSING)
 			return 1;
 		if (c->ilen == 0) {
@@ -1301,7 +1309,7 @@ static void conn_open(struct tpo_http_conn *c, int fd)
 	c->tl = TL_NONE;
 	c->active = c->streaming = c->stream_raw = c->no_body = c->close_req = 0;
 	c->corked = 0;   /* a dead predecessor may have left its output corked */
-	c->in_cb = c->pending = c->shut = c->peer_eof = 0;
+	c->in_cb = c->pending = c->shut = c->peer_eof = c->rx_empty = 0;
 	c->err_status = 0;
 	c->hdr_fed = 0;
 	c->user = NULL;
@@ -1461,8 +1469,10 @@ void tpo_http_on_event(struct tpo_http_server *srv, const struct epoll_event *ev
 			break;
 		if ((ev->events & EPOLLOUT) && c->olen > 0)
 			flush_out(c);
-		if (ev->events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		if (ev->events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+			c->rx_empty = 0;   /* something arrived since */
 			conn_drive(c);
+		}
 		break;
 	}
 	default:
