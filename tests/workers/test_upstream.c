@@ -763,3 +763,37 @@ Test(upstream, libcurl_mapped_only_by_http_workers)
 	cr_assert(maps_contain(pid, "libcurl"), "the openai worker's infer process has no libcurl");
 	h_stop(&in);
 }
+
+/*
+ * With a proxy variable set, curl's own proxy handling stays (the worker
+ * skips curl's environment lookups only when none is set): the endpoint's
+ * port has no listener, the proxy (badserver, which takes absolute-form
+ * targets) answers, and sees the endpoint as the request's Host.
+ */
+Test(upstream, proxy_variable_still_routes_through_the_proxy)
+{
+	static char cfg[2048], env[64];
+	char out[8192], last[4096];
+	int dead_port;
+
+	/* A no_proxy of the machine's would exempt 127.0.0.1 (the test runs
+	 * in a process of its own: the change ends with it). */
+	unsetenv("no_proxy");
+	unsetenv("NO_PROXY");
+	srv_start();
+	dead_port = h_free_port();
+	snprintf(env, sizeof(env), "http_proxy=http://127.0.0.1:%d", srv_port);
+	snprintf(cfg, sizeof(cfg), CFG, "openai", dead_port, "", "", tmo_ms, tmo_ms, 100,
+		 open_ms);
+	h_start_ex(&in, "prx", cfg, env, 1);
+	h_register(&in);
+	cr_assert_eq(chat_once("through the proxy", out, sizeof(out)), 200, "%s", out);
+	cr_assert_eq(srv_conns(), 1, "the proxy saw no request");
+	srv_last(last, sizeof(last));
+	{
+		char host[64];
+		snprintf(host, sizeof(host), "\"host\":\"127.0.0.1:%d\"", dead_port);
+		cr_assert(strstr(last, host), "the proxy was not asked for the endpoint: %s", last);
+	}
+	h_stop(&in);
+}
