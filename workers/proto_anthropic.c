@@ -20,17 +20,11 @@
 #define ANTHROPIC_VERSION    "2023-06-01"
 #define ANTHROPIC_MAX_TOKENS 4096    /* the API requires max_tokens */
 
-static int an_target(const char *api_key, int chat, int stream, char *path, size_t pathcap,
-		     struct curl_slist **h)
+static const char *an_path(int chat, int stream)
 {
 	(void)chat;
 	(void)stream;
-	snprintf(path, pathcap, "/v1/messages");
-	if (tpo_up_header_add(h, "anthropic-version: " ANTHROPIC_VERSION) < 0)
-		return -ENOMEM;
-	if (api_key && tpo_up_header_with(h, "x-api-key: ", api_key) < 0)
-		return -ENOMEM;
-	return 0;
+	return "/v1/messages";
 }
 
 static int an_request(const struct tpo_up_req *r, struct tpo_buf *b)
@@ -135,7 +129,9 @@ static int an_body(struct tpo_up_call *c, const char *data, size_t len)
 
 const struct tpo_proto tpo_proto_anthropic = {
 	.name = "anthropic",
-	.target = an_target,
+	.path = an_path,
+	.header = "anthropic-version: " ANTHROPIC_VERSION,
+	.key_header = "x-api-key: ",
 	.request = an_request,
 	.event = an_event,
 	.body = an_body,

@@ -19,16 +19,11 @@
 #include "stagebin/proto.h"
 #include "workers/upstream.h"
 
-static int lc_target(const char *api_key, int chat, int stream, char *path, size_t pathcap,
-		     struct curl_slist **h)
+static const char *lc_path(int chat, int stream)
 {
 	(void)chat;
 	(void)stream;
-	snprintf(path, pathcap, "/completion");
-	/* llama-server --api-key checks a bearer token. */
-	if (api_key && tpo_up_header_with(h, "Authorization: Bearer ", api_key) < 0)
-		return -ENOMEM;
-	return 0;
+	return "/completion";
 }
 
 static int lc_request(const struct tpo_up_req *r, struct tpo_buf *b)
@@ -93,7 +88,9 @@ static int lc_body(struct tpo_up_call *c, const char *data, size_t len)
 
 const struct tpo_proto tpo_proto_llamacpp = {
 	.name = "llamacpp",
-	.target = lc_target,
+	.path = lc_path,
+	/* llama-server --api-key checks a bearer token. */
+	.key_header = "Authorization: Bearer ",
 	.request = lc_request,
 	.event = lc_event,
 	.body = lc_body,

@@ -17,14 +17,10 @@
 
 #include "workers/upstream.h"
 
-static int oa_target(const char *api_key, int chat, int stream, char *path, size_t pathcap,
-		     struct curl_slist **h)
+static const char *oa_path(int chat, int stream)
 {
 	(void)stream;
-	snprintf(path, pathcap, "%s", chat ? "/v1/chat/completions" : "/v1/completions");
-	if (api_key && tpo_up_header_with(h, "Authorization: Bearer ", api_key) < 0)
-		return -ENOMEM;
-	return 0;
+	return chat ? "/v1/chat/completions" : "/v1/completions";
 }
 
 static int oa_request(const struct tpo_up_req *r, struct tpo_buf *b)
@@ -167,7 +163,8 @@ static int oa_body(struct tpo_up_call *c, const char *data, size_t len)
 
 const struct tpo_proto tpo_proto_openai = {
 	.name = "openai",
-	.target = oa_target,
+	.path = oa_path,
+	.key_header = "Authorization: Bearer ",
 	.request = oa_request,
 	.event = oa_event,
 	.body = oa_body,

@@ -19,15 +19,10 @@
 #include "stagebin/proto.h"
 #include "workers/upstream.h"
 
-static int tgi_target(const char *api_key, int chat, int stream, char *path, size_t pathcap,
-		      struct curl_slist **h)
+static const char *tgi_path(int chat, int stream)
 {
 	(void)chat;
-	snprintf(path, pathcap, "%s", stream ? "/generate_stream" : "/generate");
-	/* TGI behind Hugging Face endpoints takes a bearer token. */
-	if (api_key && tpo_up_header_with(h, "Authorization: Bearer ", api_key) < 0)
-		return -ENOMEM;
-	return 0;
+	return stream ? "/generate_stream" : "/generate";
 }
 
 static int tgi_request(const struct tpo_up_req *r, struct tpo_buf *b)
@@ -115,7 +110,9 @@ static int tgi_body(struct tpo_up_call *c, const char *data, size_t len)
 
 const struct tpo_proto tpo_proto_tgi = {
 	.name = "tgi",
-	.target = tgi_target,
+	.path = tgi_path,
+	/* TGI behind Hugging Face endpoints takes a bearer token. */
+	.key_header = "Authorization: Bearer ",
 	.request = tgi_request,
 	.event = tgi_event,
 	.body = tgi_body,

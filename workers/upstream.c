@@ -135,7 +135,8 @@ int tpo_buf_printf(struct tpo_buf *b, const char *fmt, ...)
 	return 0;
 }
 
-int tpo_up_header_add(struct curl_slist **l, const char *line)
+/* Appends one header line to *l. On failure (-ENOMEM) *l is kept whole. */
+static int header_add(struct curl_slist **l, const char *line)
 {
 	struct curl_slist *n = curl_slist_append(*l, line);
 
@@ -145,13 +146,14 @@ int tpo_up_header_add(struct curl_slist **l, const char *line)
 	return 0;
 }
 
-int tpo_up_header_with(struct curl_slist **l, const char *prefix, const char *value)
+/* Appends the header line prefix + value (an API key after its scheme). */
+static int header_with(struct curl_slist **l, const char *prefix, const char *value)
 {
 	struct tpo_buf a = { 0 };
 	int err = tpo_buf_printf(&a, "%s%s", prefix, value);
 
 	if (!err)
-		err = tpo_up_header_add(l, a.p);
+		err = header_add(l, a.p);
 	tpo_buf_free(&a);
 	return err < 0 ? -ENOMEM : 0;
 }
@@ -732,28 +734,24 @@ static int ep_kind_get(struct up *u, struct ep *e, int chat, int stream,
 	struct ep_kind *k = &e->kind[(chat ? 2 : 0) | (stream ? 1 : 0)];
 	struct curl_slist *hdrs = NULL;
 	struct tpo_buf url = { 0 };
-	char path[256];
-	const char *p = path;
+	const char *p = u->proto->path(chat, stream);
 	size_t ul = strlen(e->url);
-	int err;
 
 	if (k->url) {
 		*out = k;
 		return 0;
 	}
-	path[0] = 0;
-	err = u->proto->target(e->key, chat, stream, path, sizeof(path), &hdrs);
-	if (err < 0)
-		goto fail;
 	if (ul >= 3 && !strcmp(e->url + ul - 3, "/v1") && !strncmp(p, "/v1/", 4))
 		p += 3;
-	err = -ENOMEM;
 	if (tpo_buf_str(&url, e->url) < 0 || tpo_buf_str(&url, p) < 0)
 		goto fail;
+	if ((u->proto->header && header_add(&hdrs, u->proto->header) < 0) ||
+	    (e->key && header_with(&hdrs, u->proto->key_header, e->key) < 0))
+		goto fail;
 	/* No "Expect: 100-continue" round trip before a large body. */
-	if (tpo_up_header_add(&hdrs, "Content-Type: application/json") < 0 ||
-	    tpo_up_header_add(&hdrs, "Expect:") < 0 ||
-	    (stream && tpo_up_header_add(&hdrs, "Accept: text/event-stream") < 0))
+	if (header_add(&hdrs, "Content-Type: application/json") < 0 ||
+	    header_add(&hdrs, "Expect:") < 0 ||
+	    (stream && header_add(&hdrs, "Accept: text/event-stream") < 0))
 		goto fail;
 	k->url = url.p;
 	k->hdrs = hdrs;
@@ -762,7 +760,7 @@ static int ep_kind_get(struct up *u, struct ep *e, int chat, int stream,
 fail:
 	curl_slist_free_all(hdrs);
 	tpo_buf_free(&url);
-	return err;
+	return -ENOMEM;
 }
 
 /*

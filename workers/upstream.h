@@ -8,8 +8,9 @@
  * breakers, timeouts, retries, error mapping, SSE framing and stats. A
  * protocol only says how a request looks and what an event means:
  *
- *   target()   the path (appended to the endpoint URL) and headers of a kind
- *              of request to an endpoint: asked once, reused for every request
+ *   path()     the path (appended to the endpoint URL) of a kind of request,
+ *              with header and key_header: the engine builds the URL and the
+ *              header list once per endpoint and kind and reuses them
  *   request()  the JSON body of one request
  *   event()    one SSE event of a streamed answer
  *   body()     a whole non-streamed answer
@@ -59,13 +60,14 @@ struct tpo_up_call;   /* one request in flight (opaque to protocols) */
 
 struct tpo_proto {
 	const char *name;
-	/* Fills path (e.g. "/v1/chat/completions") and appends the extra
-	 * headers of every request of one kind (chat or not, streamed or not)
-	 * to an endpoint whose API key is api_key (NULL: none). Depends on
-	 * nothing else: the engine asks once per endpoint and kind and sends
-	 * the same path and header list with each such request. 0 or -errno. */
-	int (*target)(const char *api_key, int chat, int stream, char *path, size_t pathcap,
-		      struct curl_slist **headers);
+	/* The path of every request of one kind (chat or not, streamed or
+	 * not), e.g. "/v1/chat/completions". */
+	const char *(*path)(int chat, int stream);
+	/* A header line every request carries, NULL: none. */
+	const char *header;
+	/* The header line an endpoint's API key is sent in, before the key
+	 * (e.g. "Authorization: Bearer "). */
+	const char *key_header;
 	/* Appends the JSON body of one request to body. 0 or -errno. */
 	int (*request)(const struct tpo_up_req *r, struct tpo_buf *body);
 	/* One SSE event. 0 or -errno (the same as tpo_up_error). */
@@ -125,12 +127,5 @@ struct tpo_stats;
 extern const struct tpo_worker_ops tpo_upstream_ops;
 int tpo_upstream_create(const struct tpo_config_infer *cfg, const struct tpo_proto *proto,
 			struct tpo_stats *stats, int lane, void **w, char *err, size_t errcap);
-
-/* Appends one header line to *l. On failure (-ENOMEM) *l is kept whole:
- * curl_slist_append returns NULL and leaves the list as it was. */
-int tpo_up_header_add(struct curl_slist **l, const char *line);
-
-/* Appends the header line prefix + value (an API key after its scheme). */
-int tpo_up_header_with(struct curl_slist **l, const char *prefix, const char *value);
 
 #endif
