@@ -93,15 +93,17 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "little-endian byte or
 #define HIGHS 0x8080808080808080ull
 
 /*
- * The end of the run of str_plain bytes at s[p..n): eight bytes at a time
- * while all are plain, then byte by byte. A byte's high bit in the sum is
- * exact for "some byte >= 0x80" (x); when there is none, every byte and
- * its XOR with '"' or '\\' is < 0x80, so y - ONES * k sets a high bit iff
- * some byte of y is < k (the borrow chain starts at the lowest such byte):
- * k 0x20 on x finds control characters, k 1 on the XORs the quote and the
- * backslash.
+ * The end of the run of bytes at s[p..n) that a JSON string holds as they
+ * are: all but control characters, '"' and '\\', and, unless utf8 (the
+ * bytes are known to be valid), bytes >= 0x80. Eight bytes at a time, then
+ * byte by byte. (y - ONES * k) & ~y & HIGHS flags the bytes of y below k
+ * (k <= 0x80): k 0x20 on x for control characters, k 1 on its XORs with the
+ * quote and the backslash; x & HIGHS flags bytes >= 0x80, and when it is
+ * part of the sum the & ~y may go (every other byte is < 0x80). A borrow
+ * only runs upwards, so the lowest flag is exact (little-endian: the lowest
+ * byte comes first).
  */
-static inline size_t str_plain_run(const unsigned char *s, size_t p, size_t n)
+static inline size_t plain_run(const unsigned char *s, size_t p, size_t n, int utf8)
 {
 	while (p + 8 <= n) {
 		uint64_t x, q, b, m;
@@ -109,14 +111,16 @@ static inline size_t str_plain_run(const unsigned char *s, size_t p, size_t n)
 		memcpy(&x, s + p, 8);
 		q = x ^ (ONES * '"');
 		b = x ^ (ONES * '\\');
-		m = ((x - ONES * 0x20) | (q - ONES) | (b - ONES) | x) & HIGHS;
-		/* A borrow only runs upwards: the lowest flag is exact
-		 * (little-endian: the lowest byte comes first). */
+		if (utf8)
+			m = ((x - ONES * 0x20) & ~x) | ((q - ONES) & ~q) | ((b - ONES) & ~b);
+		else   /* x flags bytes >= 0x80, so the others are < 0x80: no & ~y */
+			m = (x - ONES * 0x20) | (q - ONES) | (b - ONES) | x;
+		m &= HIGHS;
 		if (m)
 			return p + (size_t)__builtin_ctzll(m) / 8;
 		p += 8;
 	}
-	while (p < n && str_plain[s[p]])
+	while (p < n && (str_plain[s[p]] || (utf8 && s[p] >= 0x80)))
 		p++;
 	return p;
 }
@@ -178,7 +182,7 @@ static int vstring(struct vstate *v, int key)
 		size_t k, p = v->pos;
 
 		/* Plain ASCII needs no check beyond this (most of any text). */
-		p = str_plain_run(s, p, v->len);
+		p = plain_run(s, p, v->len, 0);
 		v->pos = p;
 		if (v->pos >= v->len)
 			return vfail(v, start, "unterminated string");
@@ -588,31 +592,6 @@ int tpo_json_unescape(const char *src, size_t len, char *dst, size_t cap)
 	return (int)o;
 }
 
-/*
- * The end of the run of bytes at s[p..n) that JSON strings hold as they are
- * (all but control characters, '"' and '\\'; bytes >= 0x80 too): eight at a
- * time, then byte by byte. (y - ONES * k) & ~y & HIGHS is non-zero iff
- * some byte of y is < k (k <= 0x80): k 0x20 on x, k 1 on its XORs with the
- * quote and the backslash.
- */
-static inline size_t esc_plain_run(const unsigned char *s, size_t p, size_t n)
-{
-	while (p + 8 <= n) {
-		uint64_t x, q, b, m;
-
-		memcpy(&x, s + p, 8);
-		q = x ^ (ONES * '"');
-		b = x ^ (ONES * '\\');
-		m = (((x - ONES * 0x20) & ~x) | ((q - ONES) & ~q) | ((b - ONES) & ~b)) & HIGHS;
-		if (m)   /* the lowest flag is exact, as in str_plain_run */
-			return p + (size_t)__builtin_ctzll(m) / 8;
-		p += 8;
-	}
-	while (p < n && s[p] >= 0x20 && s[p] != '"' && s[p] != '\\')
-		p++;
-	return p;
-}
-
 size_t tpo_json_escape(const char *src, size_t len, char *dst, size_t cap)
 {
 	static const char hex[] = "0123456789abcdef";
@@ -622,7 +601,7 @@ size_t tpo_json_escape(const char *src, size_t len, char *dst, size_t cap)
 	for (i = 0; i < len; i++) {
 		unsigned char c;
 		char tmp[6];
-		size_t n = 2, run = esc_plain_run((const unsigned char *)src, i, len) - i;
+		size_t n = 2, run = plain_run((const unsigned char *)src, i, len, 1) - i;
 
 		/* A run of plain bytes at once, as far as it fits. */
 		if (run) {
