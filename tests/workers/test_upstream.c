@@ -180,6 +180,23 @@ static void srv_last(char *out, size_t cap)
 	h_conn_free(&c);
 }
 
+/*
+ * The last request the upstream saw (into out) was a non-streamed one
+ * holding word, with the API key and JSON headers and no streaming Accept.
+ */
+static void assert_sent_plain(char *out, size_t cap, const char *word, const char *key)
+{
+	char auth[96];
+
+	srv_last(out, cap);
+	snprintf(auth, sizeof(auth), "\"authorization\":\"Bearer %s\"", key);
+	cr_assert(strstr(out, word), "%s", out);
+	cr_assert(strstr(out, "\"stream\":false"), "%s", out);
+	cr_assert_null(strstr(out, "event-stream"), "the old Accept header was sent: %s", out);
+	cr_assert(strstr(out, auth), "%s", out);
+	cr_assert(strstr(out, "\"content-type\":\"application/json\""), "%s", out);
+}
+
 /* The endpoint slot of lane 0, endpoint 0. */
 /* The snapshot of lane 0's first endpoint. Its slot appears once the infer
  * process has loaded libcurl and made its worker: wait for it. */
@@ -644,13 +661,8 @@ Test(upstream, reused_handle_carries_no_state)
 	cr_assert_eq(chat_once("[[srv:slow_headers=700]] second", out, sizeof(out)), 200, "%s",
 		     out);
 	cr_assert(strstr(out, "\"content\":\"tok0 tok1 tok2\""), "%s", out);
-	srv_last(out, sizeof(out));
-	cr_assert(strstr(out, "\"stream\":false"), "%s", out);
-	cr_assert(strstr(out, "second"), "%s", out);
+	assert_sent_plain(out, sizeof(out), "second", "sk-rh");
 	cr_assert_null(strstr(out, "stall"), "the old body was sent: %s", out);
-	cr_assert_null(strstr(out, "event-stream"), "the old Accept header was sent: %s", out);
-	cr_assert(strstr(out, "\"authorization\":\"Bearer sk-rh\""), "%s", out);
-	cr_assert(strstr(out, "\"content-type\":\"application/json\""), "%s", out);
 	cr_assert_null(strstr(out, "\"expect\""), "%s", out);
 
 	/* After an HTTP error too. */
@@ -693,12 +705,7 @@ Test(upstream, reused_handle_after_success_switches_kind)
 	cr_assert_eq(chat_once("[[srv:slow_headers=700]] second", out, sizeof(out)), 200, "%s",
 		     out);
 	cr_assert(strstr(out, "\"content\":\"tok0 tok1 tok2\""), "%s", out);
-	srv_last(out, sizeof(out));
-	cr_assert(strstr(out, "second"), "%s", out);
-	cr_assert(strstr(out, "\"stream\":false"), "%s", out);
-	cr_assert_null(strstr(out, "event-stream"), "the old Accept header was sent: %s", out);
-	cr_assert(strstr(out, "\"authorization\":\"Bearer sk-rs\""), "%s", out);
-	cr_assert(strstr(out, "\"content-type\":\"application/json\""), "%s", out);
+	assert_sent_plain(out, sizeof(out), "second", "sk-rs");
 	cr_assert(strstr(out, "\"path\":\"/v1/chat/completions\""), "%s", out);
 
 	/* A completion: another path on the same handle. */
