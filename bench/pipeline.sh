@@ -9,7 +9,8 @@
 #   3 overhead   the same load straight to an upstream and through tpo
 #                proxying to it (openai worker): the upstream is `--serve`,
 #                then the npm @dwmkerr/mock-llm; tpo's proxied capacity first
-#                (closed loop), then open loop at 25/50/75/90 % of it
+#                (closed loop), then the highest open-loop rate it sustains
+#                (bisection), then open loop at 25/50/75/90 % of that
 #   4 surge      tpo bounded by the model (mock at a fixed token rate, small
 #                admission budget): its capacity closed loop, then 50 % 5 s,
 #                300 % 10 s, 50 % 10 s open loop; reject_new, then drop_oldest
@@ -20,6 +21,7 @@
 # Installs what it needs with apt-get when missing and run as root: python3,
 # curl, iproute2 (ss), coreutils (shuf), gnuplot-nox (plots; optional).
 # Knobs: TPO_BENCH_RUNS (3), TPO_BENCH_DURATION (4 s per point),
+# TPO_BENCH_SUST_STEPS (5: bisection probes for the sustained rate),
 # TPO_BENCH_SKIP="capacity overhead mockllm surge chaos memory" (scenarios to
 # skip), TPO_BENCH_MERGE=1 (skipped scenarios keep their sections from the
 # previous pipeline.json/.md, so one scenario can be re-run alone),
@@ -282,15 +284,52 @@ stop_tpo
 fi
 
 # ---- 3 overhead: straight to an upstream, and through tpo proxying to it ----
-# overhead UP UPBASE CONC_PLAIN CONC_STREAM CAPRUNS PCTS [tpo-bench args...]:
+# sustained UP KIND CAP [tpo-bench args...]: the highest open-loop rate tpo
+# keeps up with, by bisection between CAP/4 and CAP (CAP: the closed-loop
+# capacity), SUST_STEPS probes of one run each. A rate is kept up with when
+# every request is answered, ok/s is at least 98 % of the offered rate and
+# the e2e p99 stays within SUST_P99_US: a backlog that grows for the whole
+# run fails the last two. Closed loop, with a queue always waiting at every
+# hop, each wake-up serves a batch; open-loop arrivals wake every stage per
+# request and cost more CPU each, so this rate is lower. Prints it, and
+# writes it with each probe's verdict to ovhsus.UP.KIND.json (the probes'
+# results: ovhsus.UP.KIND.N.json).
+SUST_STEPS=${TPO_BENCH_SUST_STEPS:-5} SUST_P99_US=10000
+sustained() {
+	local up=$1 kind=$2 cap=$3 lo hi mid i f kept=
+	shift 3
+	lo=$((cap / 4)) hi=$cap
+	for i in $(seq "$SUST_STEPS"); do
+		mid=$(((lo + hi) / 2))
+		f=$R/ovhsus.$up.$kind.$i.json
+		bench "$f" --url "$URL" --mode open --rate "$mid" --duration "$DUR" --warmup 1 \
+			--timeout-ms 10000 --max-conns 10000 "$@"
+		if python3 - "$f" "$mid" "$SUST_P99_US" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1])).get("total", {})
+rate, p99max = float(sys.argv[2]), float(sys.argv[3])
+p99 = d.get("latency_us", {}).get("e2e_ok", {}).get("p99") or float("inf")
+ok = d.get("ok", 0) == d.get("sent", -1) and d.get("ok_per_s", 0) >= 0.98 * rate and p99 <= p99max
+sys.exit(0 if ok else 1)
+EOF
+		then lo=$mid kept+=${kept:+,}true; else hi=$mid kept+=${kept:+,}false; fi
+		log "overhead/$up: $kind sustained? $mid req/s: $([ "$lo" = "$mid" ] && echo yes || echo no)"
+	done
+	echo "{\"req_per_s\": $lo, \"kept\": [$kept]}" > "$R/ovhsus.$up.$kind.json"
+	echo "$lo"
+}
+
+# overhead UP UPBASE CONC_PLAIN CONC_STREAM CAPRUNS PCTS BASE [tpo-bench args...]:
 # tpo (openai worker, endpoint UPBASE) measured closed loop (CAPRUNS runs per
-# mode, median), then open loop at PCTS % of that proxied capacity, tpo and
-# the upstream alternating, $RUNS runs at 50 and 90 %, one at other loads.
-# The upstream's own closed-loop capacity is ovhcap.UP.KIND.direct.*.json.
+# mode, median), then open loop at PCTS % of BASE: "sustained" (the highest
+# open-loop rate tpo keeps up with, above) or "closed" (the closed-loop
+# capacity), tpo and the upstream alternating, $RUNS runs at 50 and 90 %, one
+# at other loads. The upstream's own closed-loop capacity is
+# ovhcap.UP.KIND.direct.*.json.
 overhead() {
-	local up=$1 ubase=$2 cplain=$3 cstream=$4 capruns=$5 pcts=$6 kind conc cap
+	local up=$1 ubase=$2 cplain=$3 cstream=$4 capruns=$5 pcts=$6 base=$7 kind conc cap
 	local rate pct n run tgt u extra
-	shift 6
+	shift 7
 	start_tpo "$(config proxy "$ubase")" || return 1
 	for kind in plain stream; do
 		conc=$cplain; extra=("$@")
@@ -302,6 +341,10 @@ overhead() {
 		done
 		cap=$(median 'd.get("total", {}).get("ok_per_s", 0)' "$R"/ovhcap."$up".$kind.tpo.*.json)
 		log "overhead/$up: proxied capacity $kind $cap req/s"
+		if [ "$base" = sustained ]; then
+			cap=$(sustained "$up" $kind "${cap%.*}" "${extra[@]}")
+			log "overhead/$up: sustained open-loop capacity $kind $cap req/s"
+		fi
 		for pct in $pcts; do
 			rate=$(python3 -c "print(max(1, int($cap * $pct / 100)))")
 			n=1; case $pct in 50|90) n=$RUNS ;; esac
@@ -327,7 +370,7 @@ if ! skipped overhead; then
 		g=${f##*/cap.base.}
 		cp "$f" "$R/ovhcap.serve.${g%%.*}.direct.${g#*.}"
 	done
-	overhead serve "http://127.0.0.1:$SPORT" 128 64 "$RUNS" "25 50 75 90" --max-tokens 64 ||
+	overhead serve "http://127.0.0.1:$SPORT" 128 64 "$RUNS" "25 50 75 90" sustained --max-tokens 64 ||
 		exit 111
 fi
 
@@ -376,7 +419,8 @@ EOF
 				--mode closed --concurrency 32 --duration "$DUR" --warmup 1 --timeout-ms 10000 \
 				"${extra[@]}"
 		done
-		overhead ml "$MBASE" 32 32 1 "50 90" || exit 111
+		# closed: mock-llm's paced streams (~100 ms) exceed SUST_P99_US
+		overhead ml "$MBASE" 32 32 1 "50 90" closed || exit 111
 		stop_pid "$MOCK_PID"; MOCK_PID=
 	else
 		log "mock-llm: not available (npm/node missing or install failed): --serve is the only upstream"
@@ -592,6 +636,15 @@ for up, upname, updesc in UPS:
                 caps[f"{kind}.{tgt}"] = cap_row(fs)
         if f"{kind}.tpo" in caps and f"{kind}.direct" in caps:
             caps[f"{kind}.ratio"] = ratio(caps[f"{kind}.tpo"]["req_per_s"], caps[f"{kind}.direct"]["req_per_s"])
+        sus = load(os.path.join(R, f"ovhsus.{up}.{kind}.json"))
+        if "req_per_s" in sus:
+            probes = []
+            for i, kept in enumerate(sus.get("kept", []), 1):
+                d = load(os.path.join(R, f"ovhsus.{up}.{kind}.{i}.json"))
+                probes.append({"kept": kept, "offered": g(d, "total", "offered_rate"), "ok_per_s": r1(g(d, "total", "ok_per_s")),
+                               "not_ok": (g(d, "total", "sent") or 0) - (g(d, "total", "ok") or 0),
+                               "p50_us": r1(lat(d, "e2e_ok", "p50")), "p99_us": r1(lat(d, "e2e_ok", "p99"))})
+            caps[f"{kind}.sustained"] = {"req_per_s": sus["req_per_s"], "probes": probes}
     rows = {}
     for kind in ("plain", "stream"):
         for pct in (25, 50, 75, 90):
@@ -625,8 +678,15 @@ if ovh_all:
     md.append("## 3. Overhead: the same load straight to an upstream and through tpo proxying to it\n")
     md.append("tpo runs the `openai` worker with the upstream as its only endpoint (all five stages, one more HTTP hop "
               "over libcurl); `direct` is the same tpo-bench load sent straight to the upstream; added = tpo − direct. "
-              "tpo's proxied capacity is measured first (closed loop), and the open-loop loads are percentages of it, "
-              "sent to both. Everything (load generator, upstream, ten tpo processes) shares the two cores.\n")
+              "tpo's proxied capacity is measured first, closed loop. With `tpo-bench --serve` as the upstream the "
+              "open-loop loads are percentages of the highest rate tpo sustains in open loop (found by bisection "
+              "between a quarter of the closed-loop capacity and all of it: a rate is sustained when every request is "
+              "answered, at least 98 % of the offered rate is answered per second and the p99 stays within 10 ms, so "
+              "a backlog growing through the run fails). The closed-loop figure is higher because with a queue always "
+              "waiting at every hop each wake-up of a stage serves a batch; open-loop arrivals wake every stage for "
+              "almost every request, which costs more CPU per request. With mock-llm (paced answers) the loads are "
+              "percentages of the closed-loop capacity. Both are sent to tpo and straight to the upstream. "
+              "Everything (load generator, upstream, ten tpo processes) shares the two cores.\n")
 for n, (up, upname, updesc) in enumerate(UPS):
     o = ovh_all.get(up)
     if not o:
@@ -646,8 +706,20 @@ for n, (up, upname, updesc) in enumerate(UPS):
                   f"{fmt(d_['req_per_s'])} ({', '.join(fmt(x) for x in d_['req_per_s_runs'])}) | {caps.get(kind + '.ratio')} | "
                   f"{fmt(t['p50_us'])} / {fmt(t['p99_us'])} | {fmt(d_['p50_us'])} / {fmt(d_['p99_us'])} | {t['errors']} / {d_['errors']} |")
     md.append("")
+    base = "closed-loop capacity"
+    for kind, label in (("plain", "non-streaming"), ("stream", "streaming")):
+        su = caps.get(f"{kind}.sustained")
+        if not su:
+            continue
+        base = "sustained open-loop capacity"
+        md.append(f"Sustained open-loop capacity, {label}: **{fmt(su['req_per_s'])} req/s** "
+                  f"({ratio(su['req_per_s'], g(caps, kind + '.tpo', 'req_per_s'))} of the closed-loop figure). Probes:\n")
+        md.append("| offered req/s | answered/s | not ok | p50 / p99 µs | sustained |\n|---|---|---|---|---|")
+        for pr in su["probes"]:
+            md.append(f"| {fmt(pr['offered'])} | {fmt(pr['ok_per_s'])} | {pr['not_ok']} | {fmt(pr['p50_us'])} / {fmt(pr['p99_us'])} | {'yes' if pr['kept'] else 'no'} |")
+        md.append("")
     md.append("Open loop, latency from the scheduled send:\n")
-    md.append("| load (of proxied capacity) | offered req/s | through tpo p50 / p99 µs | direct p50 / p99 µs | added p50 / p99 µs | ok/s tpo / direct | not ok tpo / direct |\n|---|---|---|---|---|---|---|")
+    md.append(f"| load (of {base}) | offered req/s | through tpo p50 / p99 µs | direct p50 / p99 µs | added p50 / p99 µs | ok/s tpo / direct | not ok tpo / direct |\n|---|---|---|---|---|---|---|")
     for kind in ("plain", "stream"):
         for pct in (25, 50, 75, 90):
             r = rows.get(f"{kind}.{pct}")
@@ -899,9 +971,9 @@ def target(name, val, limit, higher, unit):
     tg.append({"target": name, "measured": val, "limit": limit, "met": ok, "miss": miss, "unit": unit})
 target("non-streaming req/s", g(cap, "tpo.plain", "req_per_s"), 20000, True, "req/s")
 target("streamed tokens/s", g(cap, "tpo.stream", "tokens_per_s"), 300000, True, "tokens/s")
-target("added latency p50 at half load (proxying --serve)", g(ovh, "plain.50", "added_e2e_p50_us"), 100, False, "µs")
-target("added latency p99 at half load (proxying --serve)", g(ovh, "plain.50", "added_e2e_p99_us"), 1000, False, "µs")
-target("TTFT added (p50, half load, proxying --serve)", g(ovh, "stream.50", "added_ttft_p50_us"), 200, False, "µs")
+target("added latency p50 at half load (half the sustained open-loop capacity, proxying --serve)", g(ovh, "plain.50", "added_e2e_p50_us"), 100, False, "µs")
+target("added latency p99 at half load (half the sustained open-loop capacity, proxying --serve)", g(ovh, "plain.50", "added_e2e_p99_us"), 1000, False, "µs")
+target("TTFT added (p50, half the sustained open-loop streaming capacity, proxying --serve)", g(ovh, "stream.50", "added_ttft_p50_us"), 200, False, "µs")
 target("shed answers p99 under surge (reject_new, model-bound capacity)", g(out, "surge", "reject_new", "phases", 1, "shed_p99_us"), 1000, False, "µs")
 lost = [p.get("lost") for p in (g(out, "chaos", "phases") or []) if p.get("lost") is not None]
 target("requests lost under chaos", sum(lost) if lost else None, 0, False, "requests")
