@@ -171,11 +171,10 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
 	return k;
 }
 
-/* A string; key: an object key (jsmn gives it size 1: its value). */
-static int vstring(struct vstate *v, int key)
+/* The rest of the string opened at start, from v->pos: escapes, UTF-8,
+ * errors (the slow path of vstring). */
+static int vstring_rest(struct vstate *v, size_t start, int key)
 {
-	size_t start = v->pos++;
-
 	for (;;) {
 		const unsigned char *s = v->s;
 		unsigned char c;
@@ -216,6 +215,23 @@ static int vstring(struct vstate *v, int key)
 			return vfail(v, v->pos, "invalid UTF-8 in string");
 		v->pos += k;
 	}
+}
+
+/* A string; key: an object key (jsmn gives it size 1: its value). One plain
+ * ASCII run up to the closing quote (most keys and values) is decided here,
+ * inline; anything else goes on in vstring_rest. */
+static inline int vstring(struct vstate *v, int key)
+{
+	size_t start = v->pos, p = plain_run(v->s, start + 1, v->len, 0);
+
+	if (p < v->len && v->s[p] == '"') {
+		if (v->toks)
+			vtok(v, JSMN_STRING, start + 1, p, key);
+		v->pos = p + 1;
+		return 0;
+	}
+	v->pos = p;
+	return vstring_rest(v, start, key);
 }
 
 static int vnumber(struct vstate *v)
@@ -294,6 +310,23 @@ static int vunexpected(struct vstate *v, const char *what)
 	return vfail(v, v->pos, "unexpected byte 0x%02x, expected %s", c, what);
 }
 
+static int vvalue(struct vstate *v, int depth);
+
+/* A member's or an element's value: strings and numbers (most values)
+ * without the cost of a recursive call. */
+static inline int vitem(struct vstate *v, int depth)
+{
+	unsigned char c;
+
+	vws(v);
+	c = v->pos < v->len ? v->s[v->pos] : 0;
+	if (c == '"')
+		return vstring(v, 0);
+	if (c == '-' || (c >= '0' && c <= '9'))
+		return vnumber(v);
+	return vvalue(v, depth);
+}
+
 static int vvalue(struct vstate *v, int depth)
 {
 	unsigned char c;
@@ -337,7 +370,7 @@ static int vvalue(struct vstate *v, int depth)
 				if (v->pos < v->len && v->s[v->pos] == ']')
 					return vfail(v, v->pos, "trailing comma before ']'");
 			}
-			if ((r = vvalue(v, depth + 1)) < 0)
+			if ((r = vitem(v, depth + 1)) < 0)
 				return r;
 			size++;
 			vws(v);

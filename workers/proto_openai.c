@@ -60,19 +60,21 @@ struct oa_key {
 static void oa_keys(const char *js, const jsmntok_t *t, int nt, int obj,
 		    const struct oa_key *names, int n, int *val)
 {
-	int k = obj + 1;
+	int k = obj + 1, left = n, size;
 
 	for (int i = 0; i < n; i++)
 		val[i] = -1;
 	if (obj < 0 || obj >= nt || t[obj].type != JSMN_OBJECT)
 		return;
-	for (int m = 0; m < t[obj].size && k + 1 < nt; m++) {
+	size = t[obj].size;
+	for (int m = 0; m < size && left && k + 1 < nt; m++) {
 		size_t kl = (size_t)(t[k].end - t[k].start);
 		const char *key = js + t[k].start;
 		for (int i = 0; i < n; i++) {
-			if (val[i] < 0 && kl == names[i].n && key[0] == names[i].s[0] &&
+			if (kl == names[i].n && val[i] < 0 && key[0] == names[i].s[0] &&
 			    !memcmp(key, names[i].s, kl)) {
 				val[i] = k + 1;
+				left--;
 				break;
 			}
 		}
