@@ -646,13 +646,21 @@ static const char *chunk_object(int kind)
 	return kind == TPO_OAI_CHAT ? "chat.completion.chunk" : "text_completion";
 }
 
-int tpo_oai_chunk(char *buf, size_t cap, int kind, const char *id, int64_t created,
-		  const char *model, const char *delta, size_t dlen, int first)
+int tpo_oai_chunk_head(char *buf, size_t cap, int kind, const char *id, int64_t created,
+		       const char *model)
 {
 	struct wr w = { buf, cap, 0, 0 };
 
 	W_LIT(&w, "data: ");
 	w_head(&w, chunk_object(kind), id, created, model);
+	return w_end(&w);
+}
+
+int tpo_oai_chunk_tail(char *buf, size_t cap, size_t len, int kind, const char *delta,
+		       size_t dlen, int first)
+{
+	struct wr w = { buf, cap, len, len >= cap };
+
 	if (kind == TPO_OAI_CHAT) {
 		W_LIT(&w, "{\"index\":0,\"delta\":{");
 		if (first)
@@ -666,6 +674,16 @@ int tpo_oai_chunk(char *buf, size_t cap, int kind, const char *id, int64_t creat
 		W_LIT(&w, ",\"index\":0,\"finish_reason\":null}]}\n\n");
 	}
 	return w_end(&w);
+}
+
+int tpo_oai_chunk(char *buf, size_t cap, int kind, const char *id, int64_t created,
+		  const char *model, const char *delta, size_t dlen, int first)
+{
+	int n = tpo_oai_chunk_head(buf, cap, kind, id, created, model);
+
+	if (n < 0)
+		return n;
+	return tpo_oai_chunk_tail(buf, cap, (size_t)n, kind, delta, dlen, first);
 }
 
 int tpo_oai_final_chunk(char *buf, size_t cap, int kind, const char *id, int64_t created,

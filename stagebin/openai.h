@@ -98,6 +98,21 @@ int tpo_oai_chunk(char *buf, size_t cap, int kind, const char *id, int64_t creat
 		  const char *model, const char *delta, size_t dlen, int first);
 
 /*
+ * The same chunk in two parts, for a caller that keeps the part every chunk
+ * of a stream shares. tpo_oai_chunk_head writes `data: {"id":...,"object":
+ * ...,"created":...,"model":...,"choices":[` into buf; tpo_oai_chunk_tail
+ * writes the token's part after buf[0..len). Both return the length of what
+ * buf then holds (NUL-terminated), or -ENOSPC.
+ */
+int tpo_oai_chunk_head(char *buf, size_t cap, int kind, const char *id, int64_t created,
+		       const char *model);
+/* Room for any head: a TPO_OAI_MODEL_MAX name escaped sixfold and an id
+ * from tpo_oai_make_id. */
+#define TPO_OAI_CHUNK_HEAD_MAX 640
+int tpo_oai_chunk_tail(char *buf, size_t cap, size_t len, int kind, const char *delta,
+		       size_t dlen, int first);
+
+/*
  * The chunk that ends a stream: empty delta (chat) or text (completions)
  * and finish_reason ("stop", "length"; NULL means "stop"). With
  * include_usage, it is followed by one more event, as OpenAI does: a chunk

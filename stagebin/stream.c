@@ -75,6 +75,11 @@ static uint64_t id_counter;
 static int draining;
 static uint64_t drain_deadline_ns;
 static char out[OUT_MAX];
+/* The head every chunk of request chead_id's stream starts with (see
+ * on_token): tokens of one stream mostly come in runs. */
+static char chead[TPO_OAI_CHUNK_HEAD_MAX];
+static size_t chead_len;
+static uint64_t chead_id;
 static char api_keys[4096];
 
 /* ---- request table ----
@@ -646,8 +651,21 @@ static void on_token(struct sreq *r, struct tpo_http_conn *c, const struct tpo_r
 			while (len > 1 && ((uint8_t)p[len] & 0xc0) == 0x80)
 				len--;
 		}
-		n = tpo_oai_chunk(out, sizeof(out), r->kind, r->oid, r->created, r->model,
-				  p, len, rec->seq == 1 && p == (const char *)tpo_rec_data(rec));
+		int first = rec->seq == 1 && p == (const char *)tpo_rec_data(rec);
+		if (chead_id != r->id || !chead_len) {
+			/* A head too long for chead is made with each chunk. */
+			n = tpo_oai_chunk_head(chead, sizeof(chead), r->kind, r->oid, r->created,
+					       r->model);
+			chead_id = r->id;
+			chead_len = n > 0 ? (size_t)n : 0;
+		}
+		if (chead_len) {
+			memcpy(out, chead, chead_len);
+			n = tpo_oai_chunk_tail(out, sizeof(out), chead_len, r->kind, p, len, first);
+		} else {
+			n = tpo_oai_chunk(out, sizeof(out), r->kind, r->oid, r->created, r->model,
+					  p, len, first);
+		}
 		if (n <= 0) {
 			send_cancel(r, TPO_CANCEL_CLIENT);
 			req_fail(r, 500, "unable to encode a token of the answer", NULL);

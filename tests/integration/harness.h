@@ -1077,6 +1077,8 @@ H_FN int h_read_stream(struct h_conn *c, int chat, char *text, size_t cap,
 	int chunks = 0, done = 0, r;
 	size_t tl = 0;
 	const char *obj = chat ? "chat.completion.chunk" : "text_completion";
+	char id0[128] = "", model0[128] = "";
+	int64_t created0 = -1;
 
 	text[0] = 0;
 	finish[0] = 0;
@@ -1095,7 +1097,18 @@ H_FN int h_read_stream(struct h_conn *c, int chat, char *text, size_t cap,
 		cr_assert_lt(h_json_at(&j, "error"), 0, "error event: %s", ev);
 		cr_assert_eq(h_json_str(&j, "object", s, sizeof(s)), (int)strlen(obj), "%s", ev);
 		cr_assert_str_eq(s, obj);
+		/* Every event of one stream carries its id, created and model. */
 		cr_assert_gt(h_json_str(&j, "id", s, sizeof(s)), 0, "%s", ev);
+		if (!id0[0])
+			snprintf(id0, sizeof(id0), "%.127s", s);
+		cr_assert_str_eq(s, id0, "an event of another stream: %s", ev);
+		cr_assert_gt(h_json_str(&j, "model", s, sizeof(s)), 0, "%s", ev);
+		if (!model0[0])
+			snprintf(model0, sizeof(model0), "%.127s", s);
+		cr_assert_str_eq(s, model0, "%s", ev);
+		if (created0 < 0)
+			created0 = h_json_int(&j, "created");
+		cr_assert_eq(h_json_int(&j, "created"), created0, "%s", ev);
 		if (h_json_at(&j, "usage") >= 0 && !h_json_null(&j, "usage")) {
 			cr_assert_eq(h_json_size(&j, "choices"), 0, "usage chunk has choices: %s", ev);
 			*usage = h_json_int(&j, "usage.completion_tokens");

@@ -495,6 +495,41 @@ Test(encode, chat_chunk_roundtrip)
 	free(d.t);
 }
 
+/* A head made once and a tail per token give tpo_oai_chunk's bytes; the
+ * largest head fits TPO_OAI_CHUNK_HEAD_MAX. */
+Test(encode, chunk_head_then_tails)
+{
+	char head[TPO_OAI_CHUNK_HEAD_MAX], a[1024], b[1024], model[TPO_OAI_MODEL_MAX], id[32];
+	const char *toks[] = { "tok", "\"q\"\n", "" };
+	int h, n, m;
+
+	for (int kind = TPO_OAI_CHAT; kind <= TPO_OAI_COMPLETION; kind++) {
+		h = tpo_oai_chunk_head(head, sizeof(head), kind, "chatcmpl-7", 42, "m\\x");
+		cr_assert_gt(h, 0);
+		cr_assert_eq((size_t)h, strlen(head));
+		for (size_t i = 0; i < sizeof(toks) / sizeof(toks[0]); i++) {
+			memcpy(b, head, (size_t)h);
+			n = tpo_oai_chunk_tail(b, sizeof(b), (size_t)h, kind, toks[i],
+					       strlen(toks[i]), i == 0);
+			m = tpo_oai_chunk(a, sizeof(a), kind, "chatcmpl-7", 42, "m\\x", toks[i],
+					  strlen(toks[i]), i == 0);
+			cr_assert_gt(m, 0);
+			cr_assert_eq(n, m);
+			cr_assert_str_eq(b, a);
+		}
+		/* No room after the head: an error, not a cut chunk. */
+		cr_assert_eq(tpo_oai_chunk_tail(b, (size_t)h + 8, (size_t)h, kind, "tok", 3, 0),
+			     -ENOSPC);
+	}
+	memset(model, 0x01, sizeof(model) - 1);      /* each escapes to \u0001 */
+	model[sizeof(model) - 1] = 0;
+	cr_assert_gt(tpo_oai_make_id(id, sizeof(id), TPO_OAI_COMPLETION, UINT64_MAX), 0);
+	cr_assert_gt(tpo_oai_chunk_head(head, sizeof(head), TPO_OAI_COMPLETION, id, INT64_MIN,
+					model), 0);
+	cr_assert_gt(tpo_oai_make_id(id, sizeof(id), TPO_OAI_CHAT, UINT64_MAX), 0);
+	cr_assert_gt(tpo_oai_chunk_head(head, sizeof(head), TPO_OAI_CHAT, id, INT64_MIN, model), 0);
+}
+
 Test(encode, completion_chunk)
 {
 	char buf[512];
