@@ -445,7 +445,8 @@ int tpo_oai_parse(struct tpo_oai_req *req, const char *body, size_t len, int kin
 {
 	struct tpo_json_error jerr;
 	struct pctx c = { .req = req, .js = body, .err = err, .errlen = errlen };
-	jsmntok_t *toks = NULL;
+	jsmntok_t *toks = req->toks;
+	unsigned toks_cap = req->toks_cap;
 	char *text = req->text;
 	size_t text_cap = req->text_cap;
 	int64_t maxt = 0, maxct = 0;
@@ -456,6 +457,8 @@ int tpo_oai_parse(struct tpo_oai_req *req, const char *body, size_t len, int kin
 	req->text = text;
 	req->text_cap = text_cap;
 	req->kind = kind;
+	req->toks = toks;
+	req->toks_cap = toks_cap;
 	if (text && text_cap)
 		text[0] = '\0';
 	if (err && errlen)
@@ -465,12 +468,17 @@ int tpo_oai_parse(struct tpo_oai_req *req, const char *body, size_t len, int kin
 
 	if (!tpo_utf8_valid(body, len))
 		return fail(&c, "body is not valid UTF-8");
-	n = tpo_json_tokenize(body, len, &toks, &jerr);
-	if (n == -ENOMEM)
-		return -ENOMEM;
-	if (n < 0)
-		return fail(&c, "body is not valid JSON: %s at byte %zu",
-			    n == -EINVAL ? jerr.msg : "too large", n == -EINVAL ? jerr.off : len);
+	n = tpo_json_tokenize_into(body, len, &req->toks, &req->toks_cap, &jerr);
+	toks = req->toks;
+	if (n == -ENOMEM) {
+		rc = -ENOMEM;
+		goto out_free;
+	}
+	if (n < 0) {
+		rc = fail(&c, "body is not valid JSON: %s at byte %zu",
+			  n == -EINVAL ? jerr.msg : "too large", n == -EINVAL ? jerr.off : len);
+		goto out_free;
+	}
 	c.t = toks;
 	c.nt = n;
 	if (toks[0].type != JSMN_OBJECT) {
@@ -500,8 +508,16 @@ int tpo_oai_parse(struct tpo_oai_req *req, const char *body, size_t len, int kin
 		req->max_tokens = (uint32_t)maxt;
 	rc = 0;
 out_free:
-	free(toks);
+	if (req->toks_cap > TPO_OAI_TOKS_KEEP)
+		tpo_oai_req_fini(req);
 	return rc;
+}
+
+void tpo_oai_req_fini(struct tpo_oai_req *req)
+{
+	free(req->toks);
+	req->toks = NULL;
+	req->toks_cap = 0;
 }
 
 /* ---- encoding ---------------------------------------------------------- */

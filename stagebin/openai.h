@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "workers/json.h"
+
 enum tpo_oai_kind {
 	TPO_OAI_CHAT = 1,          /* POST /v1/chat/completions */
 	TPO_OAI_COMPLETION = 2,    /* POST /v1/completions */
@@ -33,7 +35,10 @@ enum tpo_oai_kind {
 
 /*
  * A parsed request. The caller sets text and text_cap; tpo_oai_parse fills
- * the rest. text receives the flattened prompt, NUL-terminated, text_len
+ * the rest, keeping toks (the body's tokens, an array it grows; NULL at
+ * first) for the next call: a caller that reuses req allocates nothing per
+ * request. An array grown past TPO_OAI_TOKS_KEEP tokens for one large body
+ * is freed when that call ends; tpo_oai_req_fini frees the rest. text receives the flattened prompt, NUL-terminated, text_len
  * bytes (may contain NULs from \u0000):
  *   chat         one "role: content\n" line per message, content parts
  *                concatenated (this is what assemble inserts as {messages});
@@ -42,6 +47,8 @@ enum tpo_oai_kind {
 struct tpo_oai_req {
 	char *text;                    /* in: caller's buffer */
 	size_t text_cap;               /* in */
+	jsmntok_t *toks;               /* kept between calls (see above) */
+	unsigned toks_cap;
 	size_t text_len;
 	int kind;                      /* enum tpo_oai_kind */
 	int stream;                    /* 0 or 1 */
@@ -69,6 +76,9 @@ struct tpo_oai_req {
  * would answer with 400; -E2BIG when the flattened prompt does not fit in
  * text_cap (err says so; answer 413); -ENOMEM.
  */
+#define TPO_OAI_TOKS_KEEP 1024
+void tpo_oai_req_fini(struct tpo_oai_req *req);
+
 int tpo_oai_parse(struct tpo_oai_req *req, const char *body, size_t len, int kind,
 		  char *err, size_t errlen);
 

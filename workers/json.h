@@ -48,8 +48,9 @@ int tpo_json_tokenize(const char *js, size_t len, jsmntok_t **toks, struct tpo_j
 /*
  * Like tpo_json_tokenize, into a caller-kept array: *toks holds *cap tokens
  * (NULL and 0 at first) and grows when js needs more, so a caller parsing
- * many documents allocates only while its largest grows. One jsmn pass
- * unless the array grows. The caller frees *toks. Same returns.
+ * many documents allocates only while its largest grows. The tokens are
+ * jsmn's, written by the validating pass itself (a second pass only when
+ * the array grows). The caller frees *toks. Same returns.
  */
 int tpo_json_tokenize_into(const char *js, size_t len, jsmntok_t **toks, unsigned *cap,
 			   struct tpo_json_error *err);

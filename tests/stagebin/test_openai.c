@@ -21,7 +21,7 @@ static int parse(struct tpo_oai_req *r, const char *body, int kind)
 
 Test(parse, chat_full)
 {
-	struct tpo_oai_req r;
+	struct tpo_oai_req r = { 0 };
 	const char *body =
 		"{ \"model\": \"llama-3\", \"messages\": ["
 		"  {\"role\": \"system\", \"content\": \"be brief\"},"
@@ -60,7 +60,7 @@ Test(parse, chat_full)
 
 Test(parse, chat_minimal_defaults)
 {
-	struct tpo_oai_req r;
+	struct tpo_oai_req r = { 0 };
 
 	cr_assert_eq(parse(&r, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
 			   TPO_OAI_CHAT), 0, "%s", err);
@@ -76,7 +76,7 @@ Test(parse, chat_minimal_defaults)
 
 Test(parse, nulls_mean_not_given)
 {
-	struct tpo_oai_req r;
+	struct tpo_oai_req r = { 0 };
 
 	cr_assert_eq(parse(&r, "{\"model\":null,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
 			   "\"stream\":null,\"max_tokens\":null,\"temperature\":null,\"top_p\":null,"
@@ -89,7 +89,7 @@ Test(parse, nulls_mean_not_given)
 
 Test(parse, chat_content_parts_and_escapes)
 {
-	struct tpo_oai_req r;
+	struct tpo_oai_req r = { 0 };
 	const char *body =
 		"{\"model\":\"m\",\"messages\":["
 		"{\"role\":\"developer\",\"content\":[{\"type\":\"text\",\"text\":\"Hello \"},"
@@ -105,7 +105,7 @@ Test(parse, chat_content_parts_and_escapes)
 
 Test(parse, completion_string_and_array)
 {
-	struct tpo_oai_req r;
+	struct tpo_oai_req r = { 0 };
 
 	cr_assert_eq(parse(&r, "{\"model\":\"m\",\"prompt\":\"Once upon\",\"max_tokens\":5,"
 			   "\"messages\":\"ignored here\"}", TPO_OAI_COMPLETION), 0, "%s", err);
@@ -123,7 +123,7 @@ Test(parse, completion_string_and_array)
 
 Test(parse, max_completion_tokens_wins)
 {
-	struct tpo_oai_req r;
+	struct tpo_oai_req r = { 0 };
 
 	cr_assert_eq(parse(&r, "{\"max_completion_tokens\":9,\"max_tokens\":100,"
 			   "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", TPO_OAI_CHAT), 0);
@@ -135,7 +135,7 @@ Test(parse, max_completion_tokens_wins)
 
 Test(parse, empty_stop_strings_skipped)
 {
-	struct tpo_oai_req r;
+	struct tpo_oai_req r = { 0 };
 
 	cr_assert_eq(parse(&r, "{\"prompt\":\"p\",\"stop\":[\"\",\"x\",\"\",\"y\"]}",
 			   TPO_OAI_COMPLETION), 0, "%s", err);
@@ -266,7 +266,7 @@ static const struct bad bads[] = {
 Test(parse, error_classes)
 {
 	for (size_t i = 0; i < sizeof(bads) / sizeof(bads[0]); i++) {
-		struct tpo_oai_req r;
+		struct tpo_oai_req r = { 0 };
 		int rc = parse(&r, bads[i].body, bads[i].kind);
 
 		cr_assert_eq(rc, -EINVAL, "case %zu (%s): rc %d", i, bads[i].body, rc);
@@ -278,7 +278,7 @@ Test(parse, error_classes)
 
 Test(parse, unsupported_kind)
 {
-	struct tpo_oai_req r;
+	struct tpo_oai_req r = { 0 };
 
 	cr_assert_eq(parse(&r, "{" MSG1 "}", 7), -EINVAL);
 	cr_assert_neq(err[0], '\0');
@@ -287,7 +287,7 @@ Test(parse, unsupported_kind)
 Test(parse, too_many_messages)
 {
 	static char body[16384];
-	struct tpo_oai_req r;
+	struct tpo_oai_req r = { 0 };
 	size_t o = 0;
 
 	o += (size_t)sprintf(body + o, "{\"messages\":[");
@@ -306,7 +306,7 @@ Test(parse, too_many_messages)
 
 Test(parse, prompt_budget)
 {
-	struct tpo_oai_req r;
+	struct tpo_oai_req r = { 0 };
 	const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
 	char small[16];
 
@@ -335,9 +335,42 @@ Test(parse, prompt_budget)
 				   sizeof(err)), -E2BIG);
 }
 
+/* The token array is kept from one request to the next (no allocation per
+ * request) unless one body needed more than TPO_OAI_TOKS_KEEP tokens. */
+Test(parse, token_array_kept_unless_large)
+{
+	struct tpo_oai_req r = { 0 };
+	const char *small = "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
+	size_t cap = 64 + 4 * TPO_OAI_TOKS_KEEP, n;
+	char *big = malloc(cap);
+	jsmntok_t *kept;
+
+	cr_assert_eq(parse(&r, small, TPO_OAI_CHAT), 0, "%s", err);
+	cr_assert_not_null(r.toks);
+	kept = r.toks;
+	cr_assert_eq(parse(&r, small, TPO_OAI_CHAT), 0, "%s", err);
+	cr_assert_eq(r.toks, kept);
+	/* One message and an unknown member of TPO_OAI_TOKS_KEEP numbers. */
+	n = (size_t)snprintf(big, cap, "{\"x\":[");
+	for (int i = 0; i < TPO_OAI_TOKS_KEEP; i++)
+		n += (size_t)snprintf(big + n, cap - n, "%s1", i ? "," : "");
+	snprintf(big + n, cap - n, "],\"messages\":[{\"role\":\"user\",\"content\":\"yo\"}]}");
+	cr_assert_eq(parse(&r, big, TPO_OAI_CHAT), 0, "%s", err);
+	cr_assert_str_eq(r.text, "user: yo\n");
+	cr_assert_null(r.toks);
+	cr_assert_eq(r.toks_cap, 0);
+	/* And the next request parses as before. */
+	cr_assert_eq(parse(&r, small, TPO_OAI_CHAT), 0, "%s", err);
+	cr_assert_str_eq(r.text, "user: hi\n");
+	cr_assert_not_null(r.toks);
+	tpo_oai_req_fini(&r);
+	cr_assert_null(r.toks);
+	free(big);
+}
+
 Test(parse, small_err_buffer_truncates)
 {
-	struct tpo_oai_req r;
+	struct tpo_oai_req r = { 0 };
 	char e[8];
 
 	memset(e, 'z', sizeof(e));
@@ -350,7 +383,7 @@ Test(parse, small_err_buffer_truncates)
 
 Test(parse, body_not_nul_terminated)
 {
-	struct tpo_oai_req r;
+	struct tpo_oai_req r = { 0 };
 	char body[64];
 	const char *s = "{\"prompt\":\"ab\"}";
 
