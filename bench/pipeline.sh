@@ -291,20 +291,15 @@ fi
 # the e2e p99 stays within SUST_P99_US: a backlog that grows for the whole
 # run fails the last two. Closed loop, with a queue always waiting at every
 # hop, each wake-up serves a batch; open-loop arrivals wake every stage per
-# request and cost more CPU each, so this rate is lower. Prints it, and
-# writes it with each probe's verdict to ovhsus.UP.KIND.json (the probes'
-# results: ovhsus.UP.KIND.N.json).
+# request and cost more CPU each, so this rate is lower. A probe that fails
+# is run once more (a one-off stall of the shared machine should not lower
+# the rate, and so the loads and the targets measured at them). Prints the
+# rate, and writes it with each probe's verdicts to ovhsus.UP.KIND.json (the
+# probes' results: ovhsus.UP.KIND.N.json, a failed first run
+# ovhsus.UP.KIND.N.first.json).
 SUST_STEPS=${TPO_BENCH_SUST_STEPS:-5} SUST_P99_US=10000
-sustained() {
-	local up=$1 kind=$2 cap=$3 lo hi mid i f kept=
-	shift 3
-	lo=$((cap / 4)) hi=$cap
-	for i in $(seq "$SUST_STEPS"); do
-		mid=$(((lo + hi) / 2))
-		f=$R/ovhsus.$up.$kind.$i.json
-		bench "$f" --url "$URL" --mode open --rate "$mid" --duration "$DUR" --warmup 1 \
-			--timeout-ms 10000 --max-conns 10000 "$@"
-		if python3 - "$f" "$mid" "$SUST_P99_US" <<'EOF'
+sustained_ok() {  # FILE RATE: did that run keep up?
+	python3 - "$1" "$2" "$SUST_P99_US" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1])).get("total", {})
 rate, p99max = float(sys.argv[2]), float(sys.argv[3])
@@ -312,8 +307,29 @@ p99 = d.get("latency_us", {}).get("e2e_ok", {}).get("p99") or float("inf")
 ok = d.get("ok", 0) == d.get("sent", -1) and d.get("ok_per_s", 0) >= 0.98 * rate and p99 <= p99max
 sys.exit(0 if ok else 1)
 EOF
-		then lo=$mid kept+=${kept:+,}true; else hi=$mid kept+=${kept:+,}false; fi
-		log "overhead/$up: $kind sustained? $mid req/s: $([ "$lo" = "$mid" ] && echo yes || echo no)"
+}
+sustained() {
+	local up=$1 kind=$2 cap=$3 lo hi mid i f try v kept=
+	shift 3
+	lo=$((cap / 4)) hi=$cap
+	for i in $(seq "$SUST_STEPS"); do
+		mid=$(((lo + hi) / 2))
+		f=$R/ovhsus.$up.$kind.$i.json
+		for try in 1 2; do
+			[ $try = 2 ] && mv "$f" "${f%.json}.first.json"
+			bench "$f" --url "$URL" --mode open --rate "$mid" --duration "$DUR" \
+				--warmup 1 --timeout-ms 10000 --max-conns 10000 "$@"
+			sustained_ok "$f" "$mid" && break
+		done
+		if [ $try = 1 ]; then
+			v=yes lo=$mid
+		elif sustained_ok "$f" "$mid"; then
+			v="no, then yes" lo=$mid
+		else
+			v="no, twice" hi=$mid
+		fi
+		kept+=${kept:+,}\"$v\"
+		log "overhead/$up: $kind sustained? $mid req/s: $v"
 	done
 	echo "{\"req_per_s\": $lo, \"kept\": [$kept]}" > "$R/ovhsus.$up.$kind.json"
 	echo "$lo"
@@ -682,7 +698,7 @@ if ovh_all:
               "open-loop loads are percentages of the highest rate tpo sustains in open loop (found by bisection "
               "between a quarter of the closed-loop capacity and all of it: a rate is sustained when every request is "
               "answered, at least 98 % of the offered rate is answered per second and the p99 stays within 10 ms, so "
-              "a backlog growing through the run fails). The closed-loop figure is higher because with a queue always "
+              "a backlog growing through the run fails; a failed probe runs once more). The closed-loop figure is higher because with a queue always "
               "waiting at every hop each wake-up of a stage serves a batch; open-loop arrivals wake every stage for "
               "almost every request, which costs more CPU per request. With mock-llm (paced answers) the loads are "
               "percentages of the closed-loop capacity. Both are sent to tpo and straight to the upstream. "
@@ -714,9 +730,9 @@ for n, (up, upname, updesc) in enumerate(UPS):
         base = "sustained open-loop capacity"
         md.append(f"Sustained open-loop capacity, {label}: **{fmt(su['req_per_s'])} req/s** "
                   f"({ratio(su['req_per_s'], g(caps, kind + '.tpo', 'req_per_s'))} of the closed-loop figure). Probes:\n")
-        md.append("| offered req/s | answered/s | not ok | p50 / p99 µs | sustained |\n|---|---|---|---|---|")
+        md.append("| offered req/s | answered/s | not ok | p50 / p99 µs (the deciding run) | sustained (a failed probe runs twice) |\n|---|---|---|---|---|")
         for pr in su["probes"]:
-            md.append(f"| {fmt(pr['offered'])} | {fmt(pr['ok_per_s'])} | {pr['not_ok']} | {fmt(pr['p50_us'])} / {fmt(pr['p99_us'])} | {'yes' if pr['kept'] else 'no'} |")
+            md.append(f"| {fmt(pr['offered'])} | {fmt(pr['ok_per_s'])} | {pr['not_ok']} | {fmt(pr['p50_us'])} / {fmt(pr['p99_us'])} | {pr['kept']} |")
         md.append("")
     md.append("Open loop, latency from the scheduled send:\n")
     md.append(f"| load (of {base}) | offered req/s | through tpo p50 / p99 µs | direct p50 / p99 µs | added p50 / p99 µs | ok/s tpo / direct | not ok tpo / direct |\n|---|---|---|---|---|---|---|")

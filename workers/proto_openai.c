@@ -55,9 +55,10 @@ struct oa_key {
 
 /*
  * The values of keys names[0..n) of the object toks[obj] into val[] (-1:
- * absent), in one pass over its keys.
+ * absent), in one pass over its keys. Inlined: called per streamed event,
+ * and each caller's list of names is a constant the loop unrolls over.
  */
-static void oa_keys(const char *js, const jsmntok_t *t, int nt, int obj,
+static inline __attribute__((always_inline)) void oa_keys(const char *js, const jsmntok_t *t, int nt, int obj,
 		    const struct oa_key *names, int n, int *val)
 {
 	int k = obj + 1, left = n, size;
@@ -72,7 +73,7 @@ static void oa_keys(const char *js, const jsmntok_t *t, int nt, int obj,
 		const char *key = js + t[k].start;
 		for (int i = 0; i < n; i++) {
 			if (kl == names[i].n && val[i] < 0 && key[0] == names[i].s[0] &&
-			    !memcmp(key, names[i].s, kl)) {
+			    !memcmp(key, names[i].s, names[i].n)) {
 				val[i] = k + 1;
 				left--;
 				break;
