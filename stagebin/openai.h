@@ -34,16 +34,19 @@ enum tpo_oai_kind {
 #define TPO_OAI_DONE_LEN (sizeof(TPO_OAI_DONE) - 1)
 
 /*
- * A parsed request. The caller sets text and text_cap; tpo_oai_parse fills
- * the rest, keeping toks (the body's tokens, an array it grows; NULL at
- * first) for the next call: a caller that reuses req allocates nothing per
+ * A parsed request. The caller zeroes it once, then sets text and text_cap;
+ * tpo_oai_parse fills the rest, keeping toks (the body's tokens, an array it
+ * grows) for the next call: a caller that reuses req allocates nothing per
  * request. An array grown past TPO_OAI_TOKS_KEEP tokens for one large body
- * is freed when that call ends; tpo_oai_req_fini frees the rest. text receives the flattened prompt, NUL-terminated, text_len
- * bytes (may contain NULs from \u0000):
+ * is freed when that call ends; tpo_oai_req_fini frees the rest. text
+ * receives the flattened prompt, NUL-terminated, text_len bytes (may
+ * contain NULs from \u0000):
  *   chat         one "role: content\n" line per message, content parts
  *                concatenated (this is what assemble inserts as {messages});
  *   completions  the prompt, an array of prompts joined with "\n".
  */
+#define TPO_OAI_TOKS_KEEP 1024
+
 struct tpo_oai_req {
 	char *text;                    /* in: caller's buffer */
 	size_t text_cap;               /* in */
@@ -76,11 +79,9 @@ struct tpo_oai_req {
  * would answer with 400; -E2BIG when the flattened prompt does not fit in
  * text_cap (err says so; answer 413); -ENOMEM.
  */
-#define TPO_OAI_TOKS_KEEP 1024
-void tpo_oai_req_fini(struct tpo_oai_req *req);
-
 int tpo_oai_parse(struct tpo_oai_req *req, const char *body, size_t len, int kind,
 		  char *err, size_t errlen);
+void tpo_oai_req_fini(struct tpo_oai_req *req);
 
 /*
  * Response id for request req_id: "chatcmpl-<16 hex>" or "cmpl-<16 hex>".

@@ -646,12 +646,13 @@ static void on_token(struct sreq *r, struct tpo_http_conn *c, const struct tpo_r
 	 * characters. */
 	for (const char *p = tpo_rec_data(rec), *end = p + rec->len; p < end;) {
 		size_t len = (size_t)(end - p);
+		int first = rec->seq == 1 && p == (const char *)tpo_rec_data(rec);
+
 		if (len > CHUNK_TEXT_MAX) {
 			len = CHUNK_TEXT_MAX;
 			while (len > 1 && ((uint8_t)p[len] & 0xc0) == 0x80)
 				len--;
 		}
-		int first = rec->seq == 1 && p == (const char *)tpo_rec_data(rec);
 		if (chead_id != r->id || !chead_len) {
 			/* A head too long for chead is made with each chunk. */
 			n = tpo_oai_chunk_head(chead, sizeof(chead), r->kind, r->oid, r->created,

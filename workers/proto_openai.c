@@ -58,8 +58,9 @@ struct oa_key {
  * absent), in one pass over its keys. Inlined: called per streamed event,
  * and each caller's list of names is a constant the loop unrolls over.
  */
-static inline __attribute__((always_inline)) void oa_keys(const char *js, const jsmntok_t *t, int nt, int obj,
-		    const struct oa_key *names, int n, int *val)
+static inline __attribute__((always_inline))
+void oa_keys(const char *js, const jsmntok_t *t, int nt, int obj, const struct oa_key *names,
+	     int n, int *val)
 {
 	int k = obj + 1, left = n, size;
 
