@@ -10,11 +10,21 @@
 static char text[4096];
 static char err[256];
 
-static int parse(struct tpo_oai_req *r, const char *body, int kind)
+/* Parses into r, keeping its token array for the next call. */
+static int parse_keep(struct tpo_oai_req *r, const char *body, int kind)
 {
 	r->text = text;
 	r->text_cap = sizeof(text);
 	return tpo_oai_parse(r, body, strlen(body), kind, err, sizeof(err));
+}
+
+/* Parses into r; the fields stay, the token array is freed. */
+static int parse(struct tpo_oai_req *r, const char *body, int kind)
+{
+	int rc = parse_keep(r, body, kind);
+
+	tpo_oai_req_fini(r);
+	return rc;
 }
 
 /* ---- good requests ----------------------------------------------------- */
@@ -333,6 +343,7 @@ Test(parse, prompt_budget)
 	r.text_cap = 7;
 	cr_assert_eq(tpo_oai_parse(&r, cbody, strlen(cbody), TPO_OAI_COMPLETION, err,
 				   sizeof(err)), -E2BIG);
+	tpo_oai_req_fini(&r);
 }
 
 /* The token array is kept from one request to the next (no allocation per
@@ -345,22 +356,22 @@ Test(parse, token_array_kept_unless_large)
 	char *big = malloc(cap);
 	jsmntok_t *kept;
 
-	cr_assert_eq(parse(&r, small, TPO_OAI_CHAT), 0, "%s", err);
+	cr_assert_eq(parse_keep(&r, small, TPO_OAI_CHAT), 0, "%s", err);
 	cr_assert_not_null(r.toks);
 	kept = r.toks;
-	cr_assert_eq(parse(&r, small, TPO_OAI_CHAT), 0, "%s", err);
+	cr_assert_eq(parse_keep(&r, small, TPO_OAI_CHAT), 0, "%s", err);
 	cr_assert_eq(r.toks, kept);
 	/* One message and an unknown member of TPO_OAI_TOKS_KEEP numbers. */
 	n = (size_t)snprintf(big, cap, "{\"x\":[");
 	for (int i = 0; i < TPO_OAI_TOKS_KEEP; i++)
 		n += (size_t)snprintf(big + n, cap - n, "%s1", i ? "," : "");
 	snprintf(big + n, cap - n, "],\"messages\":[{\"role\":\"user\",\"content\":\"yo\"}]}");
-	cr_assert_eq(parse(&r, big, TPO_OAI_CHAT), 0, "%s", err);
+	cr_assert_eq(parse_keep(&r, big, TPO_OAI_CHAT), 0, "%s", err);
 	cr_assert_str_eq(r.text, "user: yo\n");
 	cr_assert_null(r.toks);
 	cr_assert_eq(r.toks_cap, 0);
 	/* And the next request parses as before. */
-	cr_assert_eq(parse(&r, small, TPO_OAI_CHAT), 0, "%s", err);
+	cr_assert_eq(parse_keep(&r, small, TPO_OAI_CHAT), 0, "%s", err);
 	cr_assert_str_eq(r.text, "user: hi\n");
 	cr_assert_not_null(r.toks);
 	tpo_oai_req_fini(&r);
@@ -379,6 +390,7 @@ Test(parse, small_err_buffer_truncates)
 	cr_assert_eq(tpo_oai_parse(&r, "{}", 2, TPO_OAI_CHAT, e, sizeof(e)), -EINVAL);
 	cr_assert_eq(e[7], '\0');
 	cr_assert_eq(tpo_oai_parse(&r, "{}", 2, TPO_OAI_CHAT, NULL, 0), -EINVAL);
+	tpo_oai_req_fini(&r);
 }
 
 Test(parse, body_not_nul_terminated)
@@ -394,6 +406,7 @@ Test(parse, body_not_nul_terminated)
 	cr_assert_eq(tpo_oai_parse(&r, body, strlen(s), TPO_OAI_COMPLETION, err, sizeof(err)), 0,
 		     "%s", err);
 	cr_assert_str_eq(r.text, "ab");
+	tpo_oai_req_fini(&r);
 }
 
 /* ---- encoders ---------------------------------------------------------- */
