@@ -55,8 +55,9 @@ struct oa_key {
 
 /*
  * The values of keys names[0..n) of the object toks[obj] into val[] (-1:
- * absent), in one pass over its keys. Inlined: called per streamed event,
- * and each caller's list of names is a constant the loop unrolls over.
+ * absent), in one pass over its keys. Inlined into its callers: it runs
+ * four times per streamed event (5 % of infer's instructions per streamed
+ * answer, callgrind).
  */
 static inline __attribute__((always_inline))
 void oa_keys(const char *js, const jsmntok_t *t, int nt, int obj, const struct oa_key *names,

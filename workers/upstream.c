@@ -970,7 +970,6 @@ static int launch(struct tpo_up_call *c, uint64_t now)
 	curl_easy_setopt(h->easy, CURLOPT_POSTFIELDS, h->body.p);
 	curl_easy_setopt(h->easy, CURLOPT_POSTFIELDSIZE, (long)h->body.len);
 	curl_easy_setopt(h->easy, CURLOPT_TIMEOUT_MS, (long)total_ms);
-	h->ok = 0;
 	h->c = c;
 	if (curl_multi_add_handle(u->multi, h->easy) != CURLM_OK) {
 		err = -ENOMEM;
