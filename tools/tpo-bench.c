@@ -605,6 +605,26 @@ static int parse_head(struct conn *c, size_t len)
 	return 0;
 }
 
+/* The "content" (chat) or "text" (completions) key of an event's JSON, or
+ * NULL. Neither can occur inside a JSON string, where quotes are escaped, so
+ * any match is the key. The scan runs backwards from the end, where both APIs
+ * put the token, one quote at a time: memmem over the whole line for each key
+ * cost more CPU per event than the rest of the parsing together. */
+static const char *token_key(const char *l, size_t n)
+{
+	const char *q = l + n;
+
+	while ((q = memrchr(l, '"', (size_t)(q - l))) != NULL) {
+		size_t left = (size_t)(l + n - q);
+
+		if (left >= 11 && memcmp(q, "\"content\":\"", 11) == 0)
+			return q;
+		if (left >= 8 && memcmp(q, "\"text\":\"", 8) == 0)
+			return q;
+	}
+	return NULL;
+}
+
 static void sse_line(struct conn *c, const char *l, size_t n, uint64_t now)
 {
 	const char *k;
@@ -617,9 +637,7 @@ static void sse_line(struct conn *c, const char *l, size_t n, uint64_t now)
 		l++, n--;
 	if (n >= 6 && memcmp(l, "[DONE]", 6) == 0)
 		return;
-	k = memmem(l, n, "\"content\":\"", 11);
-	if (!k)
-		k = memmem(l, n, "\"text\":\"", 8);
+	k = token_key(l, n);
 	if (k) {
 		const char *q = memchr(k, ':', (size_t)(l + n - k)) + 2;
 
@@ -925,6 +943,12 @@ static void on_event(struct conn *c, uint32_t ev)
 	if (c->state == C_FREE || c->state == C_PAUSED)
 		return;
 	if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+		/* A short read took all the socket held; under EPOLLET anything
+		 * arriving later raises a new event, so the read that would only
+		 * say EAGAIN is skipped, unless the peer has already closed (its
+		 * FIN came with this event and raises no other). */
+		int drain = !!(ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
+
 		for (;;) {
 			ssize_t n = read(c->fd, rbuf, sizeof(rbuf));
 
@@ -973,6 +997,8 @@ static void on_event(struct conn *c, uint32_t ev)
 				if (c->fd < 0 || c->state == C_CONNECTING)
 					return;
 			}
+			if ((size_t)n < sizeof(rbuf) && !drain)
+				return;
 		}
 	}
 }
@@ -1288,9 +1314,13 @@ static void sc_close(int ep, struct sconn *c)
 	free(c);
 }
 
-/* Reads, answers every complete request, writes. Returns -1 once c is gone. */
-static int sc_io(int ep, struct sconn *c, uint64_t *ids)
+/* Reads, answers every complete request, writes. Returns -1 once c is gone.
+ * Stops after a short read once the answers are out (see on_event), unless
+ * ev says the peer has closed. */
+static int sc_io(int ep, struct sconn *c, uint32_t ev, uint64_t *ids)
 {
+	int drained = 0, drain = !!(ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
+
 	for (;;) {
 		ssize_t n;
 
@@ -1307,6 +1337,8 @@ static int sc_io(int ep, struct sconn *c, uint64_t *ids)
 				continue;
 			c->out_off = c->out_len = 0;
 		}
+		if (drained && !drain)
+			return 0;
 		n = read(c->fd, c->in + c->in_len, sizeof(c->in) - c->in_len);
 		if (n < 0 && errno == EAGAIN)
 			return 0;
@@ -1314,6 +1346,7 @@ static int sc_io(int ep, struct sconn *c, uint64_t *ids)
 			sc_close(ep, c);
 			return -1;
 		}
+		drained = (size_t)n < sizeof(c->in) - c->in_len;
 		c->in_len += (size_t)n;
 		for (;;) {
 			char *e = memmem(c->in, c->in_len, "\r\n\r\n", 4), *cl;
@@ -1388,7 +1421,7 @@ static int serve(const char *hp)
 				int fd;
 
 				while ((fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
-					struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLET };
+					struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET };
 
 					c = calloc(1, sizeof(*c));
 					if (!c) {
@@ -1402,7 +1435,7 @@ static int serve(const char *hp)
 				}
 				continue;
 			}
-			sc_io(ep, c, &ids);
+			sc_io(ep, c, evs[i].events, &ids);
 		}
 	}
 	return 0;
