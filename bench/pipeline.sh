@@ -565,6 +565,21 @@ def g(d, *path):
         except (KeyError, IndexError, TypeError):
             return None
     return d
+def not_ok_kinds(fs):
+    """What the requests that did not end 2xx got, summed over runs:
+    "HTTP 502 x 3, timeouts x 1" (empty when every request ended ok)."""
+    c = {}
+    for d in fs:
+        for st, n in (g(d, "total", "answers") or {}).items():
+            if not str(st).startswith("2"):
+                c[f"HTTP {st}"] = c.get(f"HTTP {st}", 0) + n
+        for k in ("conn_errors", "timeouts", "unanswered", "stream_errors"):
+            n = g(d, "total", k) or 0
+            if n:
+                c[k.replace("_", " ")] = c.get(k.replace("_", " "), 0) + n
+    return ", ".join(f"{k} × {n}" for k, n in sorted(c.items()))
+
+
 def lat(d, h, q, ph=None):
     s = d.get("total") if ph is None else g(d, "phases", ph)
     return g(s, "latency_us", h, q)
@@ -671,7 +686,8 @@ for up, upname, updesc in UPS:
                     continue
                 row[tgt] = {"runs": len(fs), "offered": g(fs[0], "total", "offered_rate"),
                             "ok_per_s": r1(med([g(d, "total", "ok_per_s") for d in fs])),
-                            "not_ok": sum((g(d, "total", "sent") or 0) - (g(d, "total", "ok") or 0) for d in fs)}
+                            "not_ok": sum((g(d, "total", "sent") or 0) - (g(d, "total", "ok") or 0) for d in fs),
+                            "not_ok_kinds": not_ok_kinds(fs)}
                 for h in ("e2e_ok", "ttft"):
                     for q in ("p50", "p90", "p99", "p999"):
                         row[tgt][f"{h}_{q}"] = r1(med([lat(d, h, q) for d in fs]))
@@ -742,7 +758,8 @@ for n, (up, upname, updesc) in enumerate(UPS):
             if not r or "tpo" not in r or "direct" not in r:
                 continue
             t, d_ = r["tpo"], r["direct"]
-            md.append(f"| {'non-streaming' if kind == 'plain' else 'streaming'} {pct} %{' (' + str(t['runs']) + ' runs)' if t['runs'] > 1 else ''} | {fmt(t['offered'])} | {fmt(t['e2e_ok_p50'])} / {fmt(t['e2e_ok_p99'])} | {fmt(d_['e2e_ok_p50'])} / {fmt(d_['e2e_ok_p99'])} | {fmt(r.get('added_e2e_p50_us'))} / {fmt(r.get('added_e2e_p99_us'))} | {r.get('throughput_ratio')} | {t['not_ok']} / {d_['not_ok']} |")
+            why = lambda x: f"{x['not_ok']}" + (f" ({x['not_ok_kinds']})" if x.get("not_ok_kinds") else "")
+            md.append(f"| {'non-streaming' if kind == 'plain' else 'streaming'} {pct} %{' (' + str(t['runs']) + ' runs)' if t['runs'] > 1 else ''} | {fmt(t['offered'])} | {fmt(t['e2e_ok_p50'])} / {fmt(t['e2e_ok_p99'])} | {fmt(d_['e2e_ok_p50'])} / {fmt(d_['e2e_ok_p99'])} | {fmt(r.get('added_e2e_p50_us'))} / {fmt(r.get('added_e2e_p99_us'))} | {r.get('throughput_ratio')} | {why(t)} / {why(d_)} |")
     md.append("")
     md.append("Time to first token (streaming):\n")
     md.append("| load | through tpo p50 / p99 µs | direct p50 / p99 µs | added p50 / p99 µs |\n|---|---|---|---|")
