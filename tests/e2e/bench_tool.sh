@@ -11,13 +11,11 @@
 set -euo pipefail
 BUILD=$(cd "${1:-build}" && pwd)
 cd "$(dirname "$0")/../.."
+. tests/lib/e2e.sh
 
 name=tb$$
-freeport() {
-	python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
-}
-port=$(freeport)
-sport=$(freeport)
+port=$(free_port)
+sport=$(free_port)
 dir=$(mktemp -d /tmp/tpo-bench-e2e.XXXXXX)
 sup=
 srv=
@@ -66,7 +64,7 @@ bench --url "$surl" --mode closed --concurrency 4 --duration 1 --json "$dir/clos
 [ "$(field "$dir/closed.json" "d['total']['conn_errors'] + d['total']['timeouts']")" = 0 ] || fail "closed loop errors"
 
 # 4. a refused connection is counted, not waited on
-dead=$(freeport)
+dead=$(free_port)
 bench --url "http://127.0.0.1:$dead/v1/chat/completions" --mode open --rate 50 --duration 1 \
 	--json "$dir/dead.json" || true
 [ "$(field "$dir/dead.json" "d['total']['ok']")" = 0 ] || fail "answers from a closed port"
@@ -76,7 +74,7 @@ bench --url "http://127.0.0.1:$dead/v1/chat/completions" --mode open --rate 50 -
 # saying so (no "Connection: close"): its FIN often arrives with the answer,
 # in the same event; the generator must still notice the close and open a
 # new connection for the next request instead of failing on the dead one
-cport=$(freeport)
+cport=$(free_port)
 python3 - "$cport" <<'PY' &
 import socket, sys
 s = socket.socket()
@@ -125,11 +123,7 @@ cat >"$dir/cfg.json" <<EOF
 EOF
 "$BUILD/tpo-supervisor" start -c "$dir/cfg.json" --name "$name" >"$dir/sup.log" 2>&1 &
 sup=$!
-for _ in $(seq 1 100); do
-	curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-	kill -0 "$sup" 2>/dev/null || { cat "$dir/sup.log"; fail "supervisor died"; }
-	sleep 0.1
-done
+wait_ready bench_tool "$sup" "$port" "$dir/sup.log"
 url=http://127.0.0.1:$port/v1/chat/completions
 
 # 6. answers counted per status

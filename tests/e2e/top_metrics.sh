@@ -8,14 +8,14 @@
 set -euo pipefail
 BUILD=$(cd "${1:-build}" && pwd)
 cd "$(dirname "$0")/../.."
+. tests/lib/e2e.sh
 command -v promtool >/dev/null || { echo "top_metrics: promtool missing (tools/install-deps --test)"; exit 1; }
 command -v tmux >/dev/null || { echo "top_metrics: tmux missing (tools/install-deps --test)"; exit 1; }
 
 name=tm$$
 fake=tmv$$
 sock=tpotop$$
-port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])' 2>/dev/null \
-	|| echo $((20000 + $$ % 20000)))
+port=$(free_port)
 dir=$(mktemp -d /tmp/tpo-top-e2e.XXXXXX)
 sup=
 loads=()
@@ -43,12 +43,7 @@ cat >"$dir/cfg.json" <<EOF
 EOF
 "$BUILD/tpo-supervisor" start -c "$dir/cfg.json" --name "$name" >"$dir/sup.log" 2>&1 &
 sup=$!
-for _ in $(seq 1 100); do
-	curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-	kill -0 "$sup" 2>/dev/null || { cat "$dir/sup.log"; fail "supervisor died"; }
-	sleep 0.1
-done
-curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || fail "instance not ready"
+wait_ready top_metrics "$sup" "$port" "$dir/sup.log"
 
 # json_unit JSON STAGE LANE FIELD: a field of one unit of a `--json` line.
 json_unit() {

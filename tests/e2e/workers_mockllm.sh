@@ -5,7 +5,7 @@
 set -euo pipefail
 BUILD=$(cd "${1:-build}" && pwd)
 NPMDIR=${TPO_MOCKLLM_DIR:-/tmp/tpo-mock-llm}
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+. "$(dirname "$0")/../lib/e2e.sh"
 
 if [ ! -f "$NPMDIR/node_modules/@dwmkerr/mock-llm/dist/main.js" ]; then
 	mkdir -p "$NPMDIR"
@@ -72,11 +72,7 @@ JSON
 "$BUILD/tpo-supervisor" start -c "$work/pipeline.json" --name "$name" \
 	--listen "127.0.0.1:$port" >"$work/sup.log" 2>&1 &
 sup=$!
-for _ in $(seq 1 300); do
-	curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-	kill -0 "$sup" 2>/dev/null || { cat "$work/sup.log"; echo "workers_mockllm: supervisor died"; exit 1; }
-	sleep 0.1
-done
+wait_ready workers_mockllm "$sup" "$port" "$work/sup.log"
 want='Hello from mock-llm, the "answer" is 42.'
 url="http://127.0.0.1:$port/v1/chat/completions"
 
