@@ -567,7 +567,7 @@ def g(d, *path):
     return d
 def not_ok_kinds(fs):
     """What the requests that did not end 2xx got, summed over runs:
-    "HTTP 502 x 3, timeouts x 1" (empty when every request ended ok)."""
+    "HTTP 502 × 3, timeouts × 1" (empty when every request ended ok)."""
     c = {}
     for d in fs:
         for st, n in (g(d, "total", "answers") or {}).items():
