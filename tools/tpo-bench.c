@@ -1602,18 +1602,6 @@ int main(int argc, char **argv)
 			running = 0;
 			t_drain = now + 1000000000ull;
 		}
-		if (running && now >= t_end) {
-			running = 0;
-			if (!opt.open) {
-				/* idle connections have nothing left to do */
-				struct conn *c;
-
-				while ((c = free_list)) {
-					free_list = c->next;
-					close_conn(c);
-				}
-			}
-		}
 		if (running && opt.open) {
 			/* every request due by now leaves now, oldest first */
 			while (next_due <= now && next_due < t_end) {
@@ -1634,7 +1622,7 @@ int main(int argc, char **argv)
 				next_due += (uint64_t)(1e9 / r);
 			}
 			dispatch_backlog(now);
-		} else if (running && started < opt.concurrency) {
+		} else if (running && started < opt.concurrency && now < t_end) {
 			uint64_t due = ramp_ns ? ramp_ns * (uint64_t)started / (uint64_t)opt.concurrency : 0;
 
 			while (started < opt.concurrency && t0 + due <= now) {
@@ -1645,6 +1633,21 @@ int main(int argc, char **argv)
 				start_request(c, now, now);
 				started++;
 				due = ramp_ns * (uint64_t)started / (uint64_t)opt.concurrency;
+			}
+		}
+		/* After the requests due before the end have been queued above:
+		 * a loop that wakes late (a loaded machine) still sends every
+		 * request due in the run, late, instead of dropping the last. */
+		if (running && now >= t_end) {
+			running = 0;
+			if (!opt.open) {
+				/* idle connections have nothing left to do */
+				struct conn *c;
+
+				while ((c = free_list)) {
+					free_list = c->next;
+					close_conn(c);
+				}
 			}
 		}
 		while (pq_head != pq_tail && pause_until[pq_head % (size_t)opt.concurrency] <= now) {

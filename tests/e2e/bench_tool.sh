@@ -3,8 +3,9 @@
 # against its own --serve baseline and a live instance: open loop sends
 # exactly rate x duration requests and counts every answer; streamed answers
 # count their tokens; closed loop keeps its connections alive (one per
-# concurrency slot); answers are counted per status; a refused connection is
-# a connection error, not a hang; keep-alive connections the server closes
+# concurrency slot); a generator that wakes late still sends every request
+# that fell due; answers are counted per status; a refused connection is a
+# connection error, not a hang; keep-alive connections the server closes
 # while idle are replaced without an error; and latency is counted from the
 # scheduled send time (no coordinated omission): requests queued behind one
 # slow connection show the wait their schedule implies.
@@ -63,14 +64,31 @@ bench --url "$surl" --mode closed --concurrency 4 --duration 1 --json "$dir/clos
 	fail "closed loop: answers missing"
 [ "$(field "$dir/closed.json" "d['total']['conn_errors'] + d['total']['timeouts']")" = 0 ] || fail "closed loop errors"
 
-# 4. a refused connection is counted, not waited on
+# 4. a generator that wakes late (stopped from 0.4 s to 1.4 s of a 1 s run)
+# still sends every request that fell due, late, and counts the wait in
+# their latency, instead of dropping the ones due while it was stopped
+"$BUILD/tpo-bench" --quiet --timeout-ms 10000 --url "$surl" --mode open --rate 100 --duration 1 \
+	--json "$dir/late.json" &
+gen=$!
+sleep 0.4
+kill -STOP "$gen"
+sleep 1
+kill -CONT "$gen"
+wait "$gen" || fail "the stopped generator failed"
+[ "$(field "$dir/late.json" "d['total']['sent']")" = 100 ] ||
+	fail "a late generator sent $(field "$dir/late.json" "d['total']['sent']") of 100 due requests"
+[ "$(field "$dir/late.json" "d['total']['ok']")" = 100 ] || fail "late requests not answered"
+[ "$(field "$dir/late.json" "int(d['total']['latency_us']['e2e_ok']['max'] >= 300000)")" = 1 ] ||
+	fail "the stop is missing from the late requests' latency"
+
+# 5. a refused connection is counted, not waited on
 dead=$(free_port)
 bench --url "http://127.0.0.1:$dead/v1/chat/completions" --mode open --rate 50 --duration 1 \
 	--json "$dir/dead.json" || true
 [ "$(field "$dir/dead.json" "d['total']['ok']")" = 0 ] || fail "answers from a closed port"
 [ "$(field "$dir/dead.json" "d['total']['conn_errors']")" = 50 ] || fail "refused connections not counted"
 
-# 5. a server that closes each connection right after its answer, without
+# 6. a server that closes each connection right after its answer, without
 # saying so (no "Connection: close"): its FIN often arrives with the answer,
 # in the same event; the generator must still notice the close and open a
 # new connection for the next request instead of failing on the dead one
@@ -126,18 +144,18 @@ sup=$!
 wait_ready bench_tool "$sup" "$port" "$dir/sup.log"
 url=http://127.0.0.1:$port/v1/chat/completions
 
-# 6. answers counted per status
+# 7. answers counted per status
 bench --url "$url" --mode open --rate 20 --duration 1 --prompt 'x [[tpo:error=503]]' --json "$dir/err.json"
 [ "$(field "$dir/err.json" "d['total']['answers'].get('503')")" = 20 ] || fail "503 answers not counted"
 [ "$(field "$dir/err.json" "d['total']['ok']")" = 0 ] || fail "errors counted as ok"
 
-# 7. requests 250 ms apart: each finds its connection closed by the
+# 8. requests 250 ms apart: each finds its connection closed by the
 # server's idle timeout, which the generator notices and replaces
 bench --url "$url" --mode open --rate 4 --duration 2 --max-tokens 1 --json "$dir/idle.json"
 [ "$(field "$dir/idle.json" "d['total']['ok']")" = 8 ] || fail "idle-closed connections lost answers"
 [ "$(field "$dir/idle.json" "d['total']['conn_errors']")" = 0 ] || fail "idle close counted as error"
 
-# 8. no coordinated omission: 10 requests scheduled 10 ms apart through one
+# 9. no coordinated omission: 10 requests scheduled 10 ms apart through one
 # connection, each held >= 75 ms by the model's pacing (4 tokens at 40/s:
 # three 25 ms gaps). The last, scheduled at 90 ms, ends >= 750 ms after the
 # first was scheduled: counted from its schedule it took >= 660 ms; a
