@@ -64,15 +64,29 @@ bench --url "$surl" --mode closed --concurrency 4 --duration 1 --json "$dir/clos
 	fail "closed loop: answers missing"
 [ "$(field "$dir/closed.json" "d['total']['conn_errors'] + d['total']['timeouts']")" = 0 ] || fail "closed loop errors"
 
-# 4. a generator that wakes late (stopped from 0.4 s to 1.4 s of a 1 s run)
-# still sends every request that fell due, late, and counts the wait in
-# their latency, instead of dropping the ones due while it was stopped
+# 4. a generator that wakes late (stopped once it has begun sending, until
+# past the end of its 1 s run) still sends every request that fell due,
+# late, and counts the wait in their latency, instead of dropping the ones
+# due while it was stopped
+established_to() {  # PORT: established TCP connections to 127.0.0.1:PORT
+	python3 - "$1" <<'PY'
+import sys
+port, n = int(sys.argv[1]), 0
+for line in open("/proc/net/tcp").readlines()[1:]:
+    f = line.split()
+    n += f[3] == "01" and int(f[2].split(":")[1], 16) == port
+print(n)
+PY
+}
 "$BUILD/tpo-bench" --quiet --timeout-ms 10000 --url "$surl" --mode open --rate 100 --duration 1 \
 	--json "$dir/late.json" &
 gen=$!
-sleep 0.4
+for _ in $(seq 1 100); do
+	[ "$(established_to "$sport")" -gt 0 ] && break
+	sleep 0.02
+done
 kill -STOP "$gen"
-sleep 1
+sleep 1.2
 kill -CONT "$gen"
 wait "$gen" || fail "the stopped generator failed"
 [ "$(field "$dir/late.json" "d['total']['sent']")" = 100 ] ||
