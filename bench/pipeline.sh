@@ -208,6 +208,43 @@ stage_pids() {  # "stage lane pid" of running stage processes
 		awk '$1 ~ /^(stream|rag|assemble|infer|post)$/ && $5 == "running" { print $1, $2, $4 }'
 }
 
+# CPU time and run-queue wait (/proc/PID/schedstat: ns on a CPU, ns runnable
+# but waiting for one) of every stage process and of the upstream, one line
+# "name pid cpu_ns wait_ns" each; read before and after a tpo run at 50 %
+# for the report's "where the CPU went".
+prof_read() {  # upstream-pid
+	local s l p
+	stage_pids | while read -r s l p; do
+		echo "$s $p $(cut -d' ' -f1,2 "/proc/$p/schedstat" 2>/dev/null)"
+	done
+	[ -n "$1" ] && echo "upstream $1 $(cut -d' ' -f1,2 "/proc/$1/schedstat" 2>/dev/null)"
+}
+
+prof_end() {  # out.json before-file upstream-pid wall-ns: deltas summed per name
+	prof_read "$3" > "$2.after"
+	python3 - "$1" "$2" "$2.after" "$4" <<'EOF'
+import json, sys
+out, a, b, wall = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+def rd(f):
+    r = {}
+    for line in open(f):
+        x = line.split()
+        if len(x) == 4:
+            r[x[1]] = (x[0], int(x[2]), int(x[3]))
+    return r
+a, b = rd(a), rd(b)
+procs = {}
+for pid, (name, cpu, wait) in b.items():
+    if pid not in a:
+        continue   # restarted during the run: its time is not comparable
+    e = procs.setdefault(name, {"cpu_ns": 0, "wait_ns": 0, "processes": 0})
+    e["cpu_ns"] += cpu - a[pid][1]
+    e["wait_ns"] += wait - a[pid][2]
+    e["processes"] += 1
+json.dump({"wall_ns": wall, "procs": procs}, open(out, "w"))
+EOF
+}
+
 restarts_total() {
 	"$SUP" status --name "$NAME" 2>/dev/null |
 		awk '$1 ~ /^(stream|rag|assemble|infer|post)$/ { n += $6 } END { print n + 0 }'
@@ -347,7 +384,8 @@ sustained() {
 # ovhcap.UP.KIND.direct.*.json.
 overhead() {
 	local up=$1 ubase=$2 cplain=$3 cstream=$4 capruns=$5 pcts=$6 base=$7 kind conc cap
-	local rate pct n run tgt u extra
+	local rate pct n run tgt u extra t0 uppid=$SERVE_PID
+	[ "$up" = ml ] && uppid=$MOCK_PID
 	shift 7
 	start_tpo "$(config proxy "$ubase")" || return 1
 	for kind in plain stream; do
@@ -371,9 +409,17 @@ overhead() {
 			for run in $(seq $n); do
 				for tgt in tpo direct; do
 					u=$URL; [ $tgt = direct ] && u=$ubase/v1/chat/completions
+					if [ $tgt = tpo ] && [ "$pct" = 50 ]; then
+						prof_read "$uppid" > "$TMP/prof.before"
+						t0=$(date +%s%N)
+					fi
 					bench "$R/ovh.$up.$kind.$pct.$tgt.$run.json" --url "$u" --mode open \
 						--rate "$rate" --duration "$DUR" --warmup 1 --timeout-ms 10000 \
 						--max-conns 10000 "${extra[@]}"
+					if [ $tgt = tpo ] && [ "$pct" = 50 ]; then
+						prof_end "$R/prof.$up.$kind.$run.json" "$TMP/prof.before" "$uppid" \
+							$(($(date +%s%N) - t0))
+					fi
 				done
 			done
 		done
@@ -656,6 +702,37 @@ def cap_row(fs):
             "errors": sum((g(d, "total", "sent") or 0) - (g(d, "total", "ok") or 0) for d in fs)}
 def sub(a, b):
     return r1(a - b) if a is not None and b is not None else None
+PROCS = ("stream", "rag", "assemble", "infer", "post")
+def profile(up, kind):
+    """Where the CPU went in the tpo runs at 50 %: per request sent (warm-up
+    included, as in the schedstat window), CPU and run-queue wait of each
+    stage (both lanes), tpo's five stages together, the upstream and the load
+    generator, and how busy the cores were; medians of the runs."""
+    per = []
+    for f in files(f"prof.{up}.{kind}.*.json"):
+        p = load(f)
+        run = f.rsplit(".", 2)[-2]
+        d = load(os.path.join(R, f"ovh.{up}.{kind}.50.tpo.{run}.json"))
+        n = (g(d, "total", "sent") or 0) + (g(d, "total", "offered_rate") or 0) * (d.get("warmup_s") or 0)
+        wall = (p.get("wall_ns") or 0) / 1e9
+        if not n or not wall or not p.get("procs"):
+            continue
+        e = {}
+        for name, v in p["procs"].items():
+            e[name] = {"cpu_us": v["cpu_ns"] / 1e3 / n, "wait_us": v["wait_ns"] / 1e3 / n}
+        e["tpo"] = {k: sum(e[s][k] for s in PROCS if s in e) for k in ("cpu_us", "wait_us")}
+        e["generator"] = {"cpu_us": (d.get("client_cpu_s") or 0) * 1e6 / n, "wait_us": None}
+        busy = sum(e[k]["cpu_us"] for k in ("tpo", "upstream", "generator") if k in e) * n / 1e6
+        e["busy_pct"] = 100 * busy / (wall * (machine.get("cores") or 1))
+        per.append(e)
+    if not per:
+        return None
+    out_ = {"runs": len(per)}
+    for name in PROCS + ("tpo", "upstream", "generator"):
+        if any(name in e for e in per):
+            out_[name] = {k: r1(med([g(e, name, k) for e in per])) for k in ("cpu_us", "wait_us")}
+    out_["busy_pct"] = r1(med([e["busy_pct"] for e in per]))
+    return out_
 UPS = (("serve", "`tpo-bench --serve`", "the bare single-threaded responder of scenario 2 (answers at once)"),
        ("ml", "@dwmkerr/mock-llm (npm, Node.js)",
         "one fixed 320-character answer, streamed as 64 chunks of 5 that mock-llm paces with setInterval "
@@ -702,6 +779,10 @@ for up, upname, updesc in UPS:
                     row["added_ttft_p50_us"] = sub(t["ttft_p50"], d_["ttft_p50"])
                     row["added_ttft_p99_us"] = sub(t["ttft_p99"], d_["ttft_p99"])
                 row["throughput_ratio"] = ratio(t["ok_per_s"], d_["ok_per_s"])
+            if pct == 50 and row:
+                pr = profile(up, kind)
+                if pr:
+                    row["profile"] = pr
             if row:
                 rows[f"{kind}.{pct}"] = row
     if caps or rows:
@@ -764,6 +845,19 @@ for n, (up, upname, updesc) in enumerate(UPS):
             why = lambda x: f"{x['not_ok']}" + (f" ({x['not_ok_kinds']})" if x.get("not_ok_kinds") else "")
             md.append(f"| {'non-streaming' if kind == 'plain' else 'streaming'} {pct} %{' (' + str(t['runs']) + ' runs)' if t['runs'] > 1 else ''} | {fmt(t['offered'])} | {fmt(t['e2e_ok_p50'])} / {fmt(t['e2e_ok_p99'])} | {fmt(d_['e2e_ok_p50'])} / {fmt(d_['e2e_ok_p99'])} | {fmt(r.get('added_e2e_p50_us'))} / {fmt(r.get('added_e2e_p99_us'))} | {r.get('throughput_ratio')} | {why(t)} / {why(d_)} |")
     md.append("")
+    profs = [(label, rows.get(f"{kind}.50", {}).get("profile")) for kind, label in (("plain", "non-streaming"), ("stream", "streaming"))]
+    profs = [(l, p) for l, p in profs if p]
+    if profs:
+        md.append("Where the CPU went in the tpo runs at 50 % (per request sent; `/proc/PID/schedstat` of each process "
+                  "around each run, medians of the runs; *waiting*: runnable but waiting for a CPU, the queueing in the "
+                  "added latency; each stage summed over its lanes; the generator's is its own getrusage):\n")
+        md.append("| process | " + " | ".join(f"{l}: CPU / waiting µs" for l, _ in profs) + " |\n|---|" + "---|" * len(profs))
+        names = (("stream", "stream (front)"), ("rag", "rag"), ("assemble", "assemble"), ("infer", "infer"), ("post", "post"),
+                 ("tpo", "**tpo, five stages**"), ("upstream", "upstream"), ("generator", "load generator"))
+        for k, nm in names:
+            md.append(f"| {nm} | " + " | ".join(f"{fmt(g(p, k, 'cpu_us'))} / {fmt(g(p, k, 'wait_us'))}" for _, p in profs) + " |")
+        md.append(f"| the {machine.get('cores')} cores busy | " + " | ".join(f"{fmt(p['busy_pct'])} %" for _, p in profs) + " |")
+        md.append("")
     md.append("Time to first token (streaming):\n")
     md.append("| load | through tpo p50 / p99 µs | direct p50 / p99 µs | added p50 / p99 µs |\n|---|---|---|---|")
     for pct in (25, 50, 75, 90):
@@ -998,18 +1092,28 @@ mem = out.get("memory", {})
 
 # ---- targets
 tg = []
-def target(name, val, limit, higher, unit):
+def target(name, val, limit, higher, unit, why=None):
     ok = None if val is None else (val >= limit if higher else val <= limit)
     miss = None
     if ok is False:
         pc = f" ({abs(val / limit - 1) * 100:.0f} %)" if limit else ""
-        miss = f"{abs(val - limit):,.1f} {unit}{pc} {'short' if higher else 'over'}"
+        miss = f"{abs(val - limit):,.1f} {unit}{pc} {'short' if higher else 'over'}" + (f"; {why}" if why else "")
     tg.append({"target": name, "measured": val, "limit": limit, "met": ok, "miss": miss, "unit": unit})
 target("non-streaming req/s", g(cap, "tpo.plain", "req_per_s"), 20000, True, "req/s")
 target("streamed tokens/s", g(cap, "tpo.stream", "tokens_per_s"), 300000, True, "tokens/s")
-target("added latency p50 at half load (half the sustained open-loop capacity, proxying --serve)", g(ovh, "plain.50", "added_e2e_p50_us"), 100, False, "µs")
-target("added latency p99 at half load (half the sustained open-loop capacity, proxying --serve)", g(ovh, "plain.50", "added_e2e_p99_us"), 1000, False, "µs")
-target("TTFT added (p50, half the sustained open-loop streaming capacity, proxying --serve)", g(ovh, "stream.50", "added_ttft_p50_us"), 200, False, "µs")
+def why_load(kind):
+    """What the profile of the tpo runs at that load shows (section 3a)."""
+    p = g(ovh, f"{kind}.50", "profile")
+    if not p or not g(p, "tpo", "cpu_us"):
+        return None
+    top = max(PROCS, key=lambda s: g(p, s, "cpu_us") or 0)
+    return (f"at that load the {machine.get('cores')} cores were {fmt(p['busy_pct'])} % busy; per request tpo's stages "
+            f"used {fmt(g(p, 'tpo', 'cpu_us'))} µs of CPU ({top} {fmt(g(p, top, 'cpu_us'))}) and waited "
+            f"{fmt(g(p, 'tpo', 'wait_us'))} µs for one, the upstream {fmt(g(p, 'upstream', 'cpu_us'))}, the generator "
+            f"{fmt(g(p, 'generator', 'cpu_us'))} (3a, docs/bench.md)")
+target("added latency p50 at half load (half the sustained open-loop capacity, proxying --serve)", g(ovh, "plain.50", "added_e2e_p50_us"), 100, False, "µs", why_load("plain"))
+target("added latency p99 at half load (half the sustained open-loop capacity, proxying --serve)", g(ovh, "plain.50", "added_e2e_p99_us"), 1000, False, "µs", why_load("plain"))
+target("TTFT added (p50, half the sustained open-loop streaming capacity, proxying --serve)", g(ovh, "stream.50", "added_ttft_p50_us"), 200, False, "µs", why_load("stream"))
 target("shed answers p99 under surge (reject_new, model-bound capacity)", g(out, "surge", "reject_new", "phases", 1, "shed_p99_us"), 1000, False, "µs")
 lost = [p.get("lost") for p in (g(out, "chaos", "phases") or []) if p.get("lost") is not None]
 target("requests lost under chaos", sum(lost) if lost else None, 0, False, "requests")
