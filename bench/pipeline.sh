@@ -1003,7 +1003,10 @@ if d:
         md.append(f"| {p['name']} | {p['sent']} | {', '.join(f'{k}: {v}' for k, v in (p['answers'] or {}).items())} | {p['conn_errors']} | {p['timeouts']} | {p['unanswered']} | {p['lost']} | {fmt(p['longest_stall_ms'])} | {fmt(p['ok_p50_us'])} / {fmt(p['ok_p99_us'])} |")
     md.append(f"\n`lost` = sent − (HTTP answers + connection errors + timeouts + unanswered), counted per request by tpo-bench; "
               f"bytes on a connection with no request in flight (a second answer): {ch['extra_responses']}. A connection error is "
-              "the client's answer when the stream process holding its connection is the one killed.\n")
+              "the client's answer when the stream process holding its connection is the one killed. Requests count in the "
+              "phase they were sent in: the killer starts 11 s after the generator (its 1 s warm-up and the calm 10 s), "
+              "when the requests sent in the calm phase's last ~32 ms are still streaming, so a first kill of a front "
+              "shows as connection errors of the calm phase.\n")
 
 # ---- memory
 mem = {}
