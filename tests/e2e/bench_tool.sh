@@ -35,10 +35,7 @@ bench() { "$BUILD/tpo-bench" --quiet --timeout-ms 10000 "$@"; }
 
 "$BUILD/tpo-bench" --serve "127.0.0.1:$sport" 2>"$dir/serve.log" &
 srv=$!
-for _ in $(seq 1 50); do
-	curl -s -o /dev/null "http://127.0.0.1:$sport/" 2>/dev/null && break
-	sleep 0.1
-done
+wait_for bench_tool "$srv" "$dir/serve.log" "tpo-bench --serve" curl -s -o /dev/null "http://127.0.0.1:$sport/"
 surl=http://127.0.0.1:$sport/v1/chat/completions
 
 # 1. open loop: every scheduled request is sent and answered
@@ -135,11 +132,10 @@ while True:
     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
     c.close()
 PY
-srv="$srv $!"
-for _ in $(seq 1 50); do
-	python3 -c "import socket,sys;socket.create_connection(('127.0.0.1',int(sys.argv[1]))).close()" "$cport" 2>/dev/null && break
-	sleep 0.1
-done
+closer=$!
+srv="$srv $closer"
+wait_for bench_tool "$closer" /dev/null "the closing server" \
+	python3 -c "import socket,sys;socket.create_connection(('127.0.0.1',int(sys.argv[1]))).close()" "$cport"
 bench --url "http://127.0.0.1:$cport/v1/chat/completions" --mode open --rate 20 --duration 1 --max-conns 1 \
 	--json "$dir/close.json"
 [ "$(field "$dir/close.json" "d['total']['ok']")" = 20 ] || fail "answers lost to connections closed after an answer"

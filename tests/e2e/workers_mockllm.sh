@@ -56,11 +56,7 @@ YAML
 (cd "$work" && HOST=127.0.0.1 PORT=$mport exec node "$NPMDIR/node_modules/@dwmkerr/mock-llm/dist/main.js" \
 	--config "$work/mock-llm.yaml" >"$work/mock.log" 2>&1) &
 mock=$!
-for _ in $(seq 1 100); do
-	curl -sf "http://127.0.0.1:$mport/v1/models" >/dev/null 2>&1 && break
-	kill -0 "$mock" 2>/dev/null || { cat "$work/mock.log"; echo "workers_mockllm: mock-llm died"; exit 1; }
-	sleep 0.1
-done
+wait_for workers_mockllm "$mock" "$work/mock.log" mock-llm curl -s -o /dev/null "http://127.0.0.1:$mport/health"
 grep -q "127.0.0.1:$mport" "$work/mock.log" || { cat "$work/mock.log"; echo "mock-llm not on 127.0.0.1"; exit 1; }
 
 cat >"$work/pipeline.json" <<JSON

@@ -7,18 +7,26 @@ free_port() {
 		2>/dev/null || echo $((20000 + RANDOM % 20000))
 }
 
-# wait_ready TAG PID PORT LOG: waits up to 30 s until the instance whose
-# supervisor is PID answers /readyz on 127.0.0.1:PORT. If PID exits first,
-# or the time runs out, prints LOG and "TAG: FAIL: ..." and exits 1.
-wait_ready() {
-	local tag=$1 pid=$2 port=$3 log=$4
+# wait_for TAG PID LOG WHAT PROBE...: runs PROBE every 0.1 s until it
+# succeeds, for up to 30 s, while the server WHAT (process PID, output in
+# LOG) starts. If PID exits first, or the time runs out, prints LOG and
+# "TAG: FAIL: ..." and exits 1.
+wait_for() {
+	local tag=$1 pid=$2 log=$3 what=$4
 
+	shift 4
 	for _ in $(seq 1 300); do
-		curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
-		kill -0 "$pid" 2>/dev/null || { cat "$log"; echo "$tag: FAIL: supervisor died"; exit 1; }
+		"$@" >/dev/null 2>&1 && return 0
+		kill -0 "$pid" 2>/dev/null || { cat "$log"; echo "$tag: FAIL: $what died"; exit 1; }
 		sleep 0.1
 	done
 	cat "$log"
-	echo "$tag: FAIL: instance not ready after 30 s"
+	echo "$tag: FAIL: $what not ready after 30 s"
 	exit 1
+}
+
+# wait_ready TAG PID PORT LOG: until the instance whose supervisor is PID
+# answers /readyz on 127.0.0.1:PORT (wait_for).
+wait_ready() {
+	wait_for "$1" "$2" "$4" supervisor curl -sf "http://127.0.0.1:$3/readyz"
 }
