@@ -26,7 +26,8 @@
 # skip), TPO_BENCH_MERGE=1 (skipped scenarios keep their sections from the
 # previous pipeline.json/.md, so one scenario can be re-run alone),
 # TPO_MOCKLLM_DIR (/tmp/tpo-bench-node: where npm installs mock-llm),
-# TPO_BENCH_RESULTS (bench/results: where the report goes).
+# TPO_BENCH_RESULTS (bench/results: where the report goes; raw/ in it keeps
+# the last run's tpo-bench JSON files, ignored by git).
 # Leaves no process and no /dev/shm/tpo.* behind, whatever happens.
 set -u
 
@@ -70,6 +71,11 @@ cleanup() {
 	stop_pid "$KILLER_PID"; stop_pid "$LOAD_PID"
 	stop_pid "$SUP_PID"; stop_pid "$SERVE_PID"; stop_pid "$MOCK_PID"
 	rm -f /dev/shm/tpo."$NAME".* 2>/dev/null
+	# Every run's tpo-bench JSON stays for a closer look (not in git):
+	# bench/results/raw/ holds the last run's.
+	if [ -d "$R" ] && [ -n "$(ls -A "$R" 2>/dev/null)" ]; then
+		rm -rf "$RES/raw" && mkdir -p "$RES/raw" && cp "$R"/*.json "$RES/raw/" 2>/dev/null
+	fi
 	rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -437,6 +443,25 @@ if ! skipped overhead; then
 	done
 	overhead serve "http://127.0.0.1:$SPORT" 128 64 "$RUNS" "25 50 75 90" sustained --max-tokens 64 ||
 		exit 111
+	# The pipeline alone: the same half load through tpo running the mock
+	# worker (no upstream hop, no libcurl), alternating with the same load
+	# straight to --serve: what the five stages add by themselves on these
+	# cores, so the report can split the added latency in two.
+	start_tpo "$(config cap)" || exit 111
+	for kind in plain stream; do
+		rate=$(python3 -c "import json; print(max(1, int(json.load(open('$R/ovhsus.serve.$kind.json'))['req_per_s'] * 0.5)))" 2>/dev/null) ||
+			continue
+		extra=(--max-tokens 64); [ $kind = stream ] && extra+=(--stream)
+		log "overhead/pipeline alone: $kind at $rate req/s (50 %), $RUNS run(s)"
+		for run in $(seq "$RUNS"); do
+			for tgt in tpo direct; do
+				u=$URL; [ $tgt = direct ] && u=$SURL
+				bench "$R/ovhpipe.$kind.$tgt.$run.json" --url "$u" --mode open --rate "$rate" \
+					--duration "$DUR" --warmup 1 --timeout-ms 10000 --max-conns 10000 "${extra[@]}"
+			done
+		done
+	done
+	stop_tpo
 fi
 
 # ---- 3b the same with the npm mock-llm as the upstream ----
@@ -733,6 +758,28 @@ def profile(up, kind):
             out_[name] = {k: r1(med([g(e, name, k) for e in per])) for k in ("cpu_us", "wait_us")}
     out_["busy_pct"] = r1(med([e["busy_pct"] for e in per]))
     return out_
+def pipeline_alone():
+    """The half load through tpo with the mock worker (no upstream hop, no
+    libcurl) against the same load straight to --serve, alternating: what
+    the five stages add by themselves (medians of the runs)."""
+    pa = {}
+    for kind in ("plain", "stream"):
+        row = {}
+        for tgt in ("tpo", "direct"):
+            fs = [load(f) for f in files(f"ovhpipe.{kind}.{tgt}.*.json")]
+            if fs:
+                row[tgt] = {"runs": len(fs), "offered": g(fs[0], "total", "offered_rate"),
+                            "not_ok": sum((g(d, "total", "sent") or 0) - (g(d, "total", "ok") or 0) for d in fs),
+                            "e2e_ok_p50": r1(med([lat(d, "e2e_ok", "p50") for d in fs])),
+                            "e2e_ok_p99": r1(med([lat(d, "e2e_ok", "p99") for d in fs])),
+                            "ttft_p50": r1(med([lat(d, "ttft", "p50") for d in fs]))}
+        if "tpo" in row and "direct" in row:
+            row["added_e2e_p50_us"] = sub(row["tpo"]["e2e_ok_p50"], row["direct"]["e2e_ok_p50"])
+            row["added_e2e_p99_us"] = sub(row["tpo"]["e2e_ok_p99"], row["direct"]["e2e_ok_p99"])
+            if kind == "stream":
+                row["added_ttft_p50_us"] = sub(row["tpo"]["ttft_p50"], row["direct"]["ttft_p50"])
+            pa[kind] = row
+    return pa
 UPS = (("serve", "`tpo-bench --serve`", "the bare single-threaded responder of scenario 2 (answers at once)"),
        ("ml", "@dwmkerr/mock-llm (npm, Node.js)",
         "one fixed 320-character answer, streamed as 64 chunks of 5 that mock-llm paces with setInterval "
@@ -787,6 +834,10 @@ for up, upname, updesc in UPS:
                 rows[f"{kind}.{pct}"] = row
     if caps or rows:
         ovh_all[up] = {"upstream": upname, "capacity": caps, "loads": rows}
+        if up == "serve":
+            pa = pipeline_alone()
+            if pa:
+                ovh_all[up]["pipeline_alone"] = pa
 if ovh_all:
     out["overhead"] = ovh_all
 ovh = g(ovh_all, "serve", "loads") or {}
@@ -857,6 +908,23 @@ for n, (up, upname, updesc) in enumerate(UPS):
         for k, nm in names:
             md.append(f"| {nm} | " + " | ".join(f"{fmt(g(p, k, 'cpu_us'))} / {fmt(g(p, k, 'wait_us'))}" for _, p in profs) + " |")
         md.append(f"| the {machine.get('cores')} cores busy | " + " | ".join(f"{fmt(p['busy_pct'])} %" for _, p in profs) + " |")
+        md.append("")
+    pa = o.get("pipeline_alone") or {}
+    if pa:
+        md.append("The pipeline alone: the same 50 % loads through tpo running the mock worker instead of the openai "
+                  "worker (no upstream hop, no libcurl: infer answers 64 tokens itself), alternating with the same load "
+                  "straight to the upstream; the rest of the added latency above is the upstream hop (libcurl, the "
+                  "loopback TCP round trip and the upstream's own work, which the direct runs have too):\n")
+        md.append("| load | offered req/s | tpo, mock worker p50 / p99 µs | direct p50 / p99 µs | added p50 / p99 µs | TTFT added p50 µs | not ok tpo / direct |\n|---|---|---|---|---|---|---|")
+        for kind in ("plain", "stream"):
+            r = pa.get(kind)
+            if not r:
+                continue
+            t, d_ = r["tpo"], r["direct"]
+            md.append(f"| {'non-streaming' if kind == 'plain' else 'streaming'} 50 % ({t['runs']} runs) | {fmt(t['offered'])} | "
+                      f"{fmt(t['e2e_ok_p50'])} / {fmt(t['e2e_ok_p99'])} | {fmt(d_['e2e_ok_p50'])} / {fmt(d_['e2e_ok_p99'])} | "
+                      f"{fmt(r.get('added_e2e_p50_us'))} / {fmt(r.get('added_e2e_p99_us'))} | {fmt(r.get('added_ttft_p50_us'))} | "
+                      f"{t['not_ok']} / {d_['not_ok']} |")
         md.append("")
     md.append("Time to first token (streaming):\n")
     md.append("| load | through tpo p50 / p99 µs | direct p50 / p99 µs | added p50 / p99 µs |\n|---|---|---|---|")
@@ -1110,10 +1178,14 @@ def why_load(kind):
     if not p or not g(p, "tpo", "cpu_us"):
         return None
     top = max(PROCS, key=lambda s: g(p, s, "cpu_us") or 0)
+    pa = g(ovh_all, "serve", "pipeline_alone", kind) or {}
+    alone = pa.get("added_ttft_p50_us" if kind == "stream" else "added_e2e_p50_us")
     return (f"at that load the {machine.get('cores')} cores were {fmt(p['busy_pct'])} % busy; per request tpo's stages "
             f"used {fmt(g(p, 'tpo', 'cpu_us'))} µs of CPU ({top} {fmt(g(p, top, 'cpu_us'))}) and waited "
             f"{fmt(g(p, 'tpo', 'wait_us'))} µs for one, the upstream {fmt(g(p, 'upstream', 'cpu_us'))}, the generator "
-            f"{fmt(g(p, 'generator', 'cpu_us'))} (3a, docs/bench.md)")
+            f"{fmt(g(p, 'generator', 'cpu_us'))}"
+            + (f"; the pipeline alone (mock worker, no upstream hop) added {fmt(alone)} µs p50 at that rate" if alone is not None else "")
+            + " (3a, docs/bench.md)")
 target("added latency p50 at half load (half the sustained open-loop capacity, proxying --serve)", g(ovh, "plain.50", "added_e2e_p50_us"), 100, False, "µs", why_load("plain"))
 target("added latency p99 at half load (half the sustained open-loop capacity, proxying --serve)", g(ovh, "plain.50", "added_e2e_p99_us"), 1000, False, "µs", why_load("plain"))
 target("TTFT added (p50, half the sustained open-loop streaming capacity, proxying --serve)", g(ovh, "stream.50", "added_ttft_p50_us"), 200, False, "µs", why_load("stream"))
