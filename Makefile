@@ -5,7 +5,9 @@
 #   make test       every test (unit, integration, stress), then the ASan run
 #   make asan       the test suite under ASan+UBSan (build/asan/)
 #   make tsan       the concurrency stress programs under TSan (build/tsan/)
-#   make bench      benchmarks; results in bench/results/ (not part of CI)
+#   make bench      benchmarks; results in bench/results/ (not part of CI);
+#                   UPSTREAM=URL adds the overhead scenario against that
+#                   OpenAI-compatible server (docs/bench.md)
 
 BUILD   ?= build
 CC      ?= cc
@@ -112,8 +114,10 @@ tsan:
 	    $(patsubst $(BUILD)/%,build/tsan/%,$(STRESS_BIN))
 	TSAN_OPTIONS=halt_on_error=1 TPO_SANITIZED=1 ./tests/run build/tsan --stress-only
 
+UPSTREAM ?=
+
 bench: all
-	./bench/run $(BUILD)
+	./bench/run $(BUILD) $(UPSTREAM)
 
 clean:
 	rm -rf build

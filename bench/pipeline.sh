@@ -17,12 +17,19 @@
 #   5 chaos      SIGKILL a random stage process every second for 30 s
 #   6 memory     RSS per stage process and shm at 1k and 10k open streams
 #
+#   3c           the same against any OpenAI-compatible upstream given on the
+#                command line (`make bench UPSTREAM=URL`, or a second
+#                argument here): its base URL (http://host:port, a trailing
+#                /v1 is fine); TPO_BENCH_MODEL names the model to ask for,
+#                TPO_BENCH_API_KEY_ENV the environment variable holding its
+#                API key (sent by tpo and by the direct runs alike)
+#
 # Writes bench/results/pipeline.json and pipeline.md (plus SVG plots).
 # Installs what it needs with apt-get when missing and run as root: python3,
 # curl, iproute2 (ss), coreutils (shuf), gnuplot-nox (plots; optional).
 # Knobs: TPO_BENCH_RUNS (3), TPO_BENCH_DURATION (4 s per point),
 # TPO_BENCH_SUST_STEPS (5: bisection probes for the sustained rate),
-# TPO_BENCH_SKIP="capacity overhead mockllm surge chaos memory" (scenarios to
+# TPO_BENCH_SKIP="capacity overhead mockllm url surge chaos memory" (scenarios to
 # skip), TPO_BENCH_MERGE=1 (skipped scenarios keep their sections from the
 # previous pipeline.json/.md, so one scenario can be re-run alone),
 # TPO_MOCKLLM_DIR (/tmp/tpo-bench-node: where npm installs mock-llm),
@@ -34,6 +41,9 @@ set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BUILD=${1:-build}
+UPSTREAM=${2:-${TPO_BENCH_UPSTREAM:-}}
+UP_MODEL=${TPO_BENCH_MODEL:-}
+UP_KEY_ENV=${TPO_BENCH_API_KEY_ENV:-}
 case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 BENCH=$BUILD/tpo-bench
 SUP=$BUILD/tpo-supervisor
@@ -176,7 +186,7 @@ config() {
 	# breaker). With 1,024 per lane, at 90 % of mock-llm's capacity infer
 	# opened up to 2,048 connections to it when it fell behind, which
 	# slowed it further until its breaker opened (503s, p50 0.5 s).
-	[ "$kind" = proxy ] && { inflight=64; worker='"worker":"openai","endpoints":[{"url":"'$2'"}],
+	[ "$kind" = proxy ] && { inflight=64; worker='"worker":"openai","endpoints":[{"url":"'$2'"'$PROXY_EP'}],
    "timeouts":{"connect_ms":2000,"first_token_ms":10000,"idle_ms":10000,"total_ms":60000}'; }
 	cat > "$TMP/$kind${2:+.${2//[^a-z_]/}}.json" <<EOF
 {"name":"$NAME","listen":"$LISTEN","log_level":"warning",
@@ -186,6 +196,8 @@ config() {
 EOF
 	echo "$TMP/$kind${2:+.${2//[^a-z_]/}}.json"
 }
+
+PROXY_EP=   # more of the proxied endpoint's JSON (3c: its model and key)
 
 start_tpo() {  # config file
 	local i code
@@ -392,6 +404,7 @@ overhead() {
 	local up=$1 ubase=$2 cplain=$3 cstream=$4 capruns=$5 pcts=$6 base=$7 kind conc cap
 	local rate pct n run tgt u extra t0 uppid=$SERVE_PID
 	[ "$up" = ml ] && uppid=$MOCK_PID
+	[ "$up" = url ] && uppid=   # not ours: no schedstat
 	shift 7
 	start_tpo "$(config proxy "$ubase")" || return 1
 	for kind in plain stream; do
@@ -516,6 +529,36 @@ EOF
 		log "mock-llm: not available (npm/node missing or install failed): --serve is the only upstream"
 		echo '{"skipped":"mock-llm not installable"}' > "$R/ml.skip.json"
 	fi
+fi
+
+# ---- 3c the same with an upstream given on the command line ----
+if [ -n "$UPSTREAM" ] && ! skipped url; then
+	UBASE=${UPSTREAM%/}; UBASE=${UBASE%/v1}
+	uargs=(--max-tokens 64)
+	PROXY_EP=
+	if [ -n "$UP_MODEL" ]; then
+		uargs+=(--model "$UP_MODEL")
+		PROXY_EP+=',"model":"'$UP_MODEL'"'
+	fi
+	if [ -n "$UP_KEY_ENV" ]; then
+		if [ -n "${!UP_KEY_ENV:-}" ]; then
+			uargs+=(--header "Authorization: Bearer ${!UP_KEY_ENV}")
+			PROXY_EP+=',"api_key_env":"'$UP_KEY_ENV'"'
+		else
+			log "upstream: warning: $UP_KEY_ENV is not set: sending no API key"
+		fi
+	fi
+	code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$UBASE/v1/models" 2>/dev/null)
+	log "upstream: $UBASE (GET /v1/models: HTTP ${code:-none})"
+	echo "{\"url\": \"$UBASE\", \"model\": \"$UP_MODEL\"}" > "$R/url.upstream.json"
+	for kind in plain stream; do
+		extra=("${uargs[@]}"); [ $kind = stream ] && extra+=(--stream)
+		bench "$R/ovhcap.url.$kind.direct.1.json" --url "$UBASE/v1/chat/completions" \
+			--mode closed --concurrency 32 --duration "$DUR" --warmup 1 --timeout-ms 60000 \
+			"${extra[@]}"
+	done
+	overhead url "$UBASE" 32 32 1 "50 90" closed "${uargs[@]}" || exit 111
+	PROXY_EP=
 fi
 
 # ---- 4 surge ----
@@ -783,7 +826,10 @@ def pipeline_alone():
 UPS = (("serve", "`tpo-bench --serve`", "the bare single-threaded responder of scenario 2 (answers at once)"),
        ("ml", "@dwmkerr/mock-llm (npm, Node.js)",
         "one fixed 320-character answer, streamed as 64 chunks of 5 that mock-llm paces with setInterval "
-        "(≥ 1 ms apart, so a streamed answer takes ~100 ms whoever asks)"))
+        "(≥ 1 ms apart, so a streamed answer takes ~100 ms whoever asks)"),
+       ("url", "`" + (load(os.path.join(R, "url.upstream.json")).get("url") or "an upstream given on the command line") + "`",
+        "given on the command line (`make bench UPSTREAM=URL`)" +
+        (f", model `{load(os.path.join(R, 'url.upstream.json')).get('model')}`" if load(os.path.join(R, "url.upstream.json")).get("model") else "")))
 ovh_all = {}
 for up, upname, updesc in UPS:
     caps = {}
@@ -852,7 +898,7 @@ if ovh_all:
               "a backlog growing through the run fails; a failed probe runs once more). The closed-loop figure is higher because with a queue always "
               "waiting at every hop each wake-up of a stage serves a batch; open-loop arrivals wake every stage for "
               "almost every request, which costs more CPU per request. With mock-llm (paced answers) the loads are "
-              "percentages of the closed-loop capacity. Both are sent to tpo and straight to the upstream. "
+              "percentages of the closed-loop capacity, and so with an upstream given on the command line (3c). Both are sent to tpo and straight to the upstream. "
               "Everything (load generator, upstream, ten tpo processes) shares the two cores.\n")
 for n, (up, upname, updesc) in enumerate(UPS):
     o = ovh_all.get(up)
@@ -861,7 +907,7 @@ for n, (up, upname, updesc) in enumerate(UPS):
             md.append("### 3b. Upstream @dwmkerr/mock-llm\n\nnot run: npm could not install @dwmkerr/mock-llm.\n")
         continue
     caps, rows = o["capacity"], o["loads"]
-    md.append(f"### 3{'ab'[n]}. Upstream {upname}\n")
+    md.append(f"### 3{'abc'[n]}. Upstream {upname}\n")
     md.append(f"The upstream: {updesc}.\n")
     md.append("| closed loop | through tpo req/s (runs) | direct req/s (runs) | ratio | through tpo p50 / p99 µs | direct p50 / p99 µs | failed tpo / direct |\n|---|---|---|---|---|---|---|")
     for kind, label in (("plain", "non-streaming"), ("stream", "streaming")):
