@@ -33,6 +33,7 @@
 # skip), TPO_BENCH_MERGE=1 (skipped scenarios keep their sections from the
 # previous pipeline.json/.md, so one scenario can be re-run alone),
 # TPO_MOCKLLM_DIR (/tmp/tpo-bench-node: where npm installs mock-llm),
+# TPO_BENCH_PLOTS=0 (no plots: gnuplot is neither needed nor installed),
 # TPO_BENCH_RESULTS (bench/results: where the report goes; raw/ in it keeps
 # the last run's tpo-bench JSON files, ignored by git).
 # Leaves no process and no /dev/shm/tpo.* behind, whatever happens.
@@ -116,9 +117,10 @@ need() {  # command package required|optional
 }
 need python3 python3 required
 need curl curl required
-need ss iproute2 required
+skipped memory || need ss iproute2 required   # scenario 6 counts open streams with it
 need shuf coreutils required
-need gnuplot gnuplot-nox optional
+# TPO_BENCH_PLOTS=0: no plots, and no gnuplot installed for them
+[ "${TPO_BENCH_PLOTS:-1}" = 0 ] || need gnuplot gnuplot-nox optional
 
 free_port() {
 	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -1253,7 +1255,8 @@ md.insert(1, "## Targets\n\n| target | measured | limit | met |\n|---|---|---|--
     for t in tg) + "\n")
 
 # ---- plots
-if shutil.which("gnuplot") and ovh:
+PLOTS = os.environ.get("TPO_BENCH_PLOTS", "1") != "0"
+if PLOTS and shutil.which("gnuplot") and ovh:
     def dat(kind, h):
         p = os.path.join(R, f"plot.{kind}.{h}.dat")
         with open(p, "w") as f:
@@ -1283,6 +1286,8 @@ plot '{p}' u 1:2 w lp t 'through tpo p50', '' u 1:3 w lp t 'through tpo p99', ''
             plots.append(fn)
     if plots:
         md.append("## Plots\n\n" + "\n".join(f"![{f}]({f})" for f in plots) + "\n")
+elif not PLOTS:
+    md.append("(no plots: TPO_BENCH_PLOTS=0)\n")
 elif not shutil.which("gnuplot"):
     md.append("(no plots: gnuplot is not installed; the tables above carry the figures)\n")
 
