@@ -3,10 +3,12 @@
 # "or any OpenAI-compatible URL given on the command line"): bench/pipeline.sh
 # run with only scenario 3c, against a small upstream of our own that
 # answers only requests that name its model and carry its API key (401 or
-# 404 otherwise, as real servers do). Every request of the scenario, sent
-# through tpo and straight to the upstream, must be answered: so both paths
-# sent the model and the key. The report has its 3c section and its JSON the
-# figures; the raw files stay in raw/; nothing is left behind.
+# 404 otherwise, as real servers do). No request of the scenario, through
+# tpo or straight to the upstream, may be refused for its model or key, and
+# at 50 % of the closed-loop capacity every one must be answered (under
+# ASan, TPO_SANITIZED, tpo is slow enough to fall behind, and only 4xx
+# counts). The report has its 3c section and its JSON the figures; the raw
+# files stay in raw/; nothing is left behind.
 set -euo pipefail
 BUILD=$(cd "${1:-build}" && pwd)
 cd "$(dirname "$0")/../.."
@@ -68,6 +70,7 @@ class H(BaseHTTPRequestHandler):
         out += b"data: [DONE]\n\n"
         self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(out), out))
 ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer.request_queue_size = 1024   # bursts of new connections
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 EOF
 python3 "$dir/up.py" "$uport" 2>"$dir/up.log" &
@@ -90,19 +93,21 @@ TPO_BENCH_DURATION=1 TPO_BENCH_PLOTS=0 TPO_BENCH_RESULTS="$dir/res" \
 md=$dir/res/pipeline.md js=$dir/res/pipeline.json
 grep -q "^### 3c\. Upstream \`$base\`" "$md" || fail "no 3c section for $base in the report"
 python3 - "$js" <<'EOF' || fail "the 3c figures (above)"
-import json, sys
+import json, os, sys
 o = json.load(open(sys.argv[1]))["overhead"]["url"]
+strict = os.environ.get("TPO_SANITIZED") != "1"
 bad = []
 for kind in ("plain", "stream"):
     for side in ("tpo", "direct"):
         c = o["capacity"].get(f"{kind}.{side}") or {}
-        if not c.get("req_per_s") or c.get("errors"):
+        if not c.get("req_per_s"):
             bad.append(f"closed loop {kind} {side}: {c}")
     for pct in (50, 90):
         row = o["loads"].get(f"{kind}.{pct}") or {}
         for side in ("tpo", "direct"):
             r = row.get(side) or {}
-            if not r.get("ok_per_s") or r.get("not_ok"):
+            refused = any(f"HTTP 4{x}" in (r.get("not_ok_kinds") or "") for x in ("00", "01", "03", "04"))
+            if not r.get("ok_per_s") or refused or (pct == 50 and strict and r.get("not_ok")):
                 bad.append(f"{kind} {pct} % {side}: ok/s {r.get('ok_per_s')}, not ok {r.get('not_ok')} ({r.get('not_ok_kinds')})")
         if row.get("added_e2e_p50_us") is None:
             bad.append(f"{kind} {pct} %: no added latency")
@@ -114,4 +119,4 @@ ls "$dir"/res/raw/ovh.url.plain.50.tpo.1.json "$dir"/res/raw/ovhcap.url.stream.d
 	fail "raw/ lacks the run's tpo-bench files"
 grep -q "upstream: $base (GET /v1/models: HTTP 200)" "$dir/run.log" || fail "the upstream's check is not logged"
 ls /dev/shm/tpo.pb* >/dev/null 2>&1 && fail "/dev/shm/tpo.pb* left behind"
-echo "bench_upstream: ok (3c against $base: every request through tpo and direct answered)"
+echo "bench_upstream: ok (3c against $base: model and key sent through tpo and direct, report and raw files written)"
