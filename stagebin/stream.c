@@ -4,7 +4,9 @@
  *
  * One epoll loop per process: the HTTP layer's listener (SO_REUSEPORT, one
  * per lane), connections and timer; our doorbell, rung when post_i (any
- * lane) has records for us; a 20 ms timerfd for deadlines and heartbeats.
+ * lane) has records for us; a one-shot timerfd for deadlines and heartbeats,
+ * armed for the earliest request deadline or the next heartbeat (TICK_MS),
+ * whichever comes first, so an idle front wakes ten times a second.
  *
  * A request is admitted to a lane (session hash, routed around lanes whose
  * units are not running), written straight into the stream_j -> rag_i ring,
@@ -35,7 +37,8 @@
 
 #define TAG_BELL  (TPO_TAG_USER + 1)
 #define TAG_TICK  (TPO_TAG_USER + 2)
-#define TICK_MS   20
+#define TICK_MS   100          /* heartbeat and deadline scan, at the latest */
+#define DRAIN_TICK_MS 20       /* while draining: is everything answered? */
 #define OUT_MAX   (1 << 17)
 #define CHUNK_TEXT_MAX 16384   /* escaped (<= 6x) plus the envelope fits OUT_MAX */
 
@@ -65,6 +68,8 @@ struct sreq {
 static struct tpo_stage st;
 static struct tpo_http_server *srv;
 static int epfd, tickfd;
+static uint64_t tick_at;       /* when tickfd fires (CLOCK_MONOTONIC ns) */
+static void tick_arm(uint64_t at);
 static struct { uint32_t kind; } bell_tag = { TAG_BELL }, tick_tag = { TAG_TICK };
 
 static struct sreq *reqs;            /* open-addressing table by id */
@@ -521,6 +526,8 @@ static void admit(struct tpo_http_conn *c, struct tpo_http_req *req, int kind)
 	r->lane = (uint8_t)lane;
 	r->admitted_ns = now;
 	r->deadline_ns = now + timeout_ns;
+	if (r->deadline_ns < tick_at)
+		tick_arm(r->deadline_ns);   /* a short X-Request-Timeout */
 	r->created = (int64_t)time(NULL);
 	tpo_oai_make_id(r->oid, sizeof(r->oid), kind, r->id);
 	r->prev = lane_list[lane].prev;
@@ -898,9 +905,21 @@ static void on_close(struct tpo_http_conn *c, void *arg)
 	req_free(r);
 }
 
+/* Arms tickfd (one-shot) for at; a time passed fires at once. */
+static void tick_arm(uint64_t at)
+{
+	struct itimerspec its = { { 0, 0 }, { (time_t)(at / 1000000000ull),
+					       (long)(at % 1000000000ull) } };
+
+	if (!at)
+		its.it_value.tv_nsec = 1;   /* 0 would disarm it */
+	timerfd_settime(tickfd, TFD_TIMER_ABSTIME, &its, NULL);
+	tick_at = at;
+}
+
 static void on_tick(void)
 {
-	uint64_t now = tpo_now_ns();
+	uint64_t now = tpo_now_ns(), next = now + TICK_MS * 1000000ull;
 
 	for (int l = 0; l < st.nlanes; l++) {
 		struct sreq *r = lane_list[l].next;
@@ -909,10 +928,15 @@ static void on_tick(void)
 			if (now >= r->deadline_ns) {
 				send_cancel(r, TPO_CANCEL_DEADLINE);
 				req_fail(r, 504, "request timed out (deadline passed)", NULL);
+			} else if (r->deadline_ns < next) {
+				next = r->deadline_ns;
 			}
 			r = nx;
 		}
 	}
+	if (draining && next > now + DRAIN_TICK_MS * 1000000ull)
+		next = now + DRAIN_TICK_MS * 1000000ull;
+	tick_arm(next);
 	if (draining && (nactive == 0 || now >= drain_deadline_ns)) {
 		for (int l = 0; l < st.nlanes; l++)
 			while (lane_list[l].next != &lane_list[l]) {
@@ -930,7 +954,6 @@ static int setup(void)
 	const struct tpo_config_admission *adm = &st.cfg.admission;
 	struct tpo_http_callbacks cb = { .on_request = on_request, .on_close = on_close };
 	struct tpo_http_config hc;
-	struct itimerspec its = { { 0, TICK_MS * 1000000L }, { 0, TICK_MS * 1000000L } };
 	struct epoll_event ev = { .events = EPOLLIN };
 	uint64_t rnd = 0;
 	int err;
@@ -964,7 +987,7 @@ static int setup(void)
 	tickfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
 	if (epfd < 0 || tickfd < 0)
 		return -errno;
-	timerfd_settime(tickfd, 0, &its, NULL);
+	tick_arm(tpo_now_ns() + TICK_MS * 1000000ull);
 	ev.data.ptr = &tick_tag;
 	epoll_ctl(epfd, EPOLL_CTL_ADD, tickfd, &ev);
 	ev.data.ptr = &bell_tag;
@@ -1015,6 +1038,7 @@ int main(int argc, char **argv)
 				(uint64_t)st.cfg.drain_timeout_ms * 1000000ull;
 			tpo_http_stop_accepting(srv);
 			tpo_http_close_idle(srv);
+			tick_arm(tpo_now_ns());    /* check at once, then every DRAIN_TICK_MS */
 		}
 		busy = drain_rings();
 		if (busy < 0)

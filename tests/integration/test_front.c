@@ -419,6 +419,70 @@ Test(front, deadline_before_and_during_streaming)
 	h_stop(&in);
 }
 
+/* voluntary_ctxt_switches of pid (times it went to sleep), or -1. */
+static long sleeps_of(pid_t pid)
+{
+	char path[64], line[256];
+	long n = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	if (!(f = fopen(path, "r")))
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "voluntary_ctxt_switches: %ld", &n) == 1)
+			break;
+	fclose(f);
+	return n;
+}
+
+/*
+ * An idle front sleeps until its next heartbeat (100 ms): its timer is armed
+ * for the earliest request deadline or the heartbeat, not a fixed 20 ms tick
+ * (~100 wake-ups in 2 s before). It still wakes for the heartbeat, and a
+ * request whose X-Request-Timeout ends before the armed timer still ends at
+ * its deadline with 504, while an earlier one with a long timeout goes on.
+ */
+Test(front, idle_front_sleeps_deadlines_still_fire)
+{
+	pid_t pids[TPO_NSTAGES * TPO_MAX_LANES], front;
+	struct h_conn slow, c;
+	char body[512];
+	long a, b;
+
+	h_start(&in, "idl", FAST_CFG);
+	h_wait_all_up(&in);
+	h_stage_pids(&in, pids);
+	front = pids[TPO_ST_STREAM * TPO_MAX_LANES];
+	cr_assert_gt(front, 0);
+	h_sleep_ms(300);
+	a = sleeps_of(front);
+	h_sleep_ms(2000);
+	b = sleeps_of(front);
+	cr_assert(a >= 0 && b >= 0, "no /proc/%d/status", (int)front);
+	cr_assert_leq(b - a, 40, "the idle front woke %ld times in 2 s", b - a);
+	cr_assert_geq(b - a, 5, "the idle front woke %ld times in 2 s: no heartbeat?", b - a);
+
+	/* A long deadline in flight, then a short one: the short one ends. */
+	h_chat_body(body, sizeof(body), "slow [[tpo:tps=20]] [[tpo:tokens=40]]", 1, NULL);
+	h_open(&slow, in.port, "POST", "/v1/chat/completions", "X-Request-Timeout: 60s\r\n",
+	       body, strlen(body));
+	cr_assert_eq(slow.status, 200);
+	h_chat_body(body, sizeof(body), "stall [[tpo:stall]]", 0, NULL);
+	h_http(&c, in.port, "POST", "/v1/chat/completions", "X-Request-Timeout: 20ms\r\n", body);
+	cr_assert_eq(c.status, 504, "status %d", c.status);
+	h_assert_oai_error(c.body, NULL);
+	h_conn_free(&c);
+	{
+		char text[4096], finish[32];
+		int64_t usage;
+		int n = h_read_stream(&slow, 1, text, sizeof(text), finish, sizeof(finish), &usage);
+		cr_assert_eq(n, 40, "the long-deadline stream got %d tokens", n);
+	}
+	h_conn_free(&slow);
+	h_stop(&in);
+}
+
 Test(front, client_disconnect_cancels_inference)
 {
 	struct h_conn c;
