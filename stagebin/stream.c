@@ -905,14 +905,13 @@ static void on_close(struct tpo_http_conn *c, void *arg)
 	req_free(r);
 }
 
-/* Arms tickfd (one-shot) for at; a time passed fires at once. */
+/* Arms tickfd (one-shot) for at (CLOCK_MONOTONIC, never 0: that would
+ * disarm it); a time passed fires at once. */
 static void tick_arm(uint64_t at)
 {
 	struct itimerspec its = { { 0, 0 }, { (time_t)(at / 1000000000ull),
 					       (long)(at % 1000000000ull) } };
 
-	if (!at)
-		its.it_value.tv_nsec = 1;   /* 0 would disarm it */
 	timerfd_settime(tickfd, TFD_TIMER_ABSTIME, &its, NULL);
 	tick_at = at;
 }
