@@ -62,6 +62,7 @@
 #include "shm/stats.h"
 #include "stagebin/proto.h"
 #include "supervisor/config.h"
+#include "workers/h1.h"
 #include "workers/sse.h"
 #include "workers/upstream.h"
 
@@ -172,6 +173,7 @@ void tpo_buf_free(struct tpo_buf *b)
 struct ep_kind {
 	char *url;
 	struct curl_slist *hdrs;
+	struct tpo_h1_target *h1;        /* for our client: address and head */
 };
 
 struct ep {
@@ -186,6 +188,7 @@ struct ep {
 	int probe_busy;                  /* half-open: the probe is out */
 	int slot;                        /* stats slot, -1 none */
 	uint32_t slots;                  /* "#slots=N" of the URL, 0 none */
+	int h1;                          /* served by workers/h1.c, not libcurl */
 	struct ep_kind kind[4];
 };
 
@@ -194,7 +197,10 @@ struct ep {
  * call it serves, NULL while it drains or idles in the pool.
  */
 struct uh {
-	CURL *easy;
+	struct up *u;
+	CURL *easy;                      /* made on the first curl attempt */
+	struct tpo_h1_xfer x;            /* an attempt through workers/h1.c */
+	int via_h1;                      /* the attempt running is x */
 	struct tpo_up_call *c;
 	struct uh *next;                 /* pool or drain list */
 	uint64_t drain_until;
@@ -214,7 +220,9 @@ struct up {
 	struct tpo_config_retries re;
 	struct tpo_config_breaker br;
 	int balance;
-	CURLM *multi;
+	CURLM *multi;                    /* NULL: every endpoint is h1's */
+	struct tpo_h1 *h1;               /* NULL: no endpoint is h1's */
+	int ncurl;                       /* easy handles attached to multi */
 	struct ep ep[TPO_CONFIG_ENDPOINTS_MAX];
 	int nep;
 	struct tpo_stats *stats;
@@ -229,6 +237,7 @@ struct up {
 };
 
 enum { C_RUNNING = 1, C_WAIT_RETRY, C_ENDED };
+enum { XF_OK, XF_FAILED, XF_TIMEOUT };     /* how a transfer ended */
 enum { F_TRANSIENT, F_TIMEOUT, F_THROTTLE };
 
 struct tpo_up_call {
@@ -503,9 +512,15 @@ static size_t on_data(char *p, size_t size, size_t n, void *arg)
 	if (!c)
 		return len;                    /* a drain: bytes after the end marker */
 	if (!c->status) {
-		char *ct = NULL;
-		curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &c->status);
-		curl_easy_getinfo(c->easy, CURLINFO_CONTENT_TYPE, &ct);
+		const char *ct = NULL;
+		if (c->h->via_h1) {
+			c->status = c->h->x.status;
+			if (c->h->x.ctype[0])
+				ct = c->h->x.ctype;
+		} else {
+			curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &c->status);
+			curl_easy_getinfo(c->easy, CURLINFO_CONTENT_TYPE, &ct);
+		}
 		c->sse_mode = c->stream && c->status >= 200 && c->status < 300 &&
 			      (!ct || strcasestr(ct, "event-stream"));
 	}
@@ -538,6 +553,13 @@ static size_t on_data(char *p, size_t size, size_t n, void *arg)
 	return len;
 }
 
+static size_t on_h1_data(void *arg, const char *p, size_t len)
+{
+	return on_data((char *)p, 1, len, arg);
+}
+
+static void on_h1_done(struct tpo_h1_xfer *x, int result, const char *err);
+
 /* ---- easy handles --------------------------------------------------- */
 
 /* A handle from the pool (reset), or a new one; NULL: out of memory. */
@@ -552,11 +574,7 @@ static struct uh *uh_get(struct up *u)
 		h = calloc(1, sizeof(*h));
 		if (!h)
 			return NULL;
-		h->easy = curl_easy_init();
-		if (!h->easy) {
-			free(h);
-			return NULL;
-		}
+		h->u = u;
 	}
 	h->next = NULL;
 	h->c = NULL;
@@ -566,7 +584,8 @@ static struct uh *uh_get(struct up *u)
 
 static void uh_free(struct uh *h)
 {
-	curl_easy_cleanup(h->easy);
+	if (h->easy)
+		curl_easy_cleanup(h->easy);
 	tpo_buf_free(&h->body);
 	free(h);
 }
@@ -610,12 +629,13 @@ static void uh_put(struct up *u, struct uh *h)
 		uh_free(h);
 		return;
 	}
-	if (!h->ok) {
+	if (!h->ok && h->easy && !h->via_h1) {
 		curl_easy_reset(h->easy);
 		h->ready = 0;
 		h->set = NULL;
 	}
 	h->ok = 0;
+	h->via_h1 = 0;
 	h->body.len = 0;
 	if (h->body.cap > (64u << 10))
 		tpo_buf_free(&h->body);   /* a rare huge prompt keeps no memory */
@@ -629,7 +649,12 @@ static void uh_put(struct up *u, struct uh *h)
  * ended) and pools it. */
 static void uh_remove(struct up *u, struct uh *h)
 {
-	curl_multi_remove_handle(u->multi, h->easy);
+	if (h->via_h1) {
+		tpo_h1_abort(u->h1, &h->x);
+	} else {
+		curl_multi_remove_handle(u->multi, h->easy);
+		u->ncurl--;
+	}
 	u->running--;
 	uh_put(u, h);
 }
@@ -726,6 +751,42 @@ static void schedule(struct tpo_up_call *c, uint64_t now, int kind, long status)
 
 static int launch(struct tpo_up_call *c, uint64_t now);
 
+/* For an endpoint of our client: the target and request head of a kind
+ * (url: its whole URL, taken). 0, or -errno. */
+static int ep_kind_h1(struct up *u, struct ep *e, struct ep_kind *k, struct tpo_buf *url,
+		      int stream, const struct ep_kind **out)
+{
+	struct tpo_h1_target *t = calloc(1, sizeof(*t));
+	struct tpo_buf hd = { 0 };
+	const char *path;
+	int err = -ENOMEM;
+
+	if (!t)
+		goto fail;
+	if (tpo_h1_target_parse(t, url->p, &path) < 0) {
+		err = -EINVAL;               /* create() parsed the endpoint: not here */
+		goto fail;
+	}
+	if (tpo_buf_printf(&hd, "POST %s%s HTTP/1.1\r\nHost: %s\r\n", *path == '/' ? "" : "/",
+			   path, t->name) < 0 ||
+	    (u->proto->header && tpo_buf_printf(&hd, "%s\r\n", u->proto->header) < 0) ||
+	    (e->key && tpo_buf_printf(&hd, "%s%s\r\n", u->proto->key_header, e->key) < 0) ||
+	    tpo_buf_printf(&hd, "Content-Type: application/json\r\nAccept: %s\r\n"
+			   "Content-Length: ", stream ? "text/event-stream" : "*/*") < 0)
+		goto fail;
+	t->head = hd.p;
+	t->head_len = hd.len;
+	k->h1 = t;
+	k->url = url->p;
+	*out = k;
+	return 0;
+fail:
+	tpo_buf_free(&hd);
+	tpo_buf_free(url);
+	free(t);
+	return err;
+}
+
 /* The URL and header list of requests of a kind to e (built on first use)
  * into *out. 0, or -errno. */
 static int ep_kind_get(struct up *u, struct ep *e, int chat, int stream,
@@ -745,6 +806,8 @@ static int ep_kind_get(struct up *u, struct ep *e, int chat, int stream,
 		p += 3;
 	if (tpo_buf_str(&url, e->url) < 0 || tpo_buf_str(&url, p) < 0)
 		goto fail;
+	if (e->h1)
+		return ep_kind_h1(u, e, k, &url, stream, out);
 	if ((u->proto->header && header_add(&hdrs, u->proto->header) < 0) ||
 	    (e->key && header_with(&hdrs, u->proto->key_header, e->key) < 0))
 		goto fail;
@@ -834,14 +897,19 @@ static void error_text(struct tpo_up_call *c, char *out, size_t cap)
 	out[n] = 0;
 }
 
-/* A transfer ended (curl says so). */
-static void complete(struct tpo_up_call *c, CURLcode rc)
+/* A transfer ended: rc XF_*, xerr what went wrong unless XF_OK. */
+static void complete(struct tpo_up_call *c, int rc, const char *xerr)
 {
 	struct up *u = c->u;
 	uint64_t now = tpo_now_ns();
 	char what[400], body[320];
 
 	c->xfer_done = 1;
+	if (c->h->via_h1) {
+		if (!c->status)
+			c->status = c->h->x.status;
+		c->retry_after_ms = c->h->x.retry_after_ms;
+	}
 	if (c->abort_rc) {
 		/* The stage is stopping or out of memory: nobody to answer. */
 		final_fail(c, 500, "the infer stage could not forward the answer");
@@ -850,10 +918,10 @@ static void complete(struct tpo_up_call *c, CURLcode rc)
 	if (c->ended) {
 		/* The answer was whole; a transfer that failed after it still
 		 * gets its handle reset, as the top says. */
-		succeed(c, now, rc == CURLE_OK);
+		succeed(c, now, rc == XF_OK);
 		return;
 	}
-	if (!c->status)
+	if (!c->status && !c->h->via_h1)
 		curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &c->status);
 	if (c->perr_set) {
 		snprintf(what, sizeof(what), "%s", c->perr);
@@ -861,11 +929,8 @@ static void complete(struct tpo_up_call *c, CURLcode rc)
 		attempt_fail(c, F_TRANSIENT, c->perr_status, c->perr_status != 429, what);
 		return;
 	}
-	if (rc != CURLE_OK) {
-		snprintf(what, sizeof(what), "%s%s%s", curl_easy_strerror(rc),
-			 c->h->errbuf[0] ? ": " : "", c->h->errbuf);
-		attempt_fail(c, rc == CURLE_OPERATION_TIMEDOUT ? F_TIMEOUT : F_TRANSIENT, 0, 1,
-			     what);
+	if (rc != XF_OK) {
+		attempt_fail(c, rc == XF_TIMEOUT ? F_TIMEOUT : F_TRANSIENT, 0, 1, xerr);
 		return;
 	}
 	if (c->status >= 200 && c->status < 300) {
@@ -903,6 +968,36 @@ static void complete(struct tpo_up_call *c, CURLcode rc)
 	}
 	attempt_fail(c, c->status == 429 ? F_THROTTLE : F_TRANSIENT, c->status,
 		     c->status != 429, what);
+}
+
+static void complete_curl(struct tpo_up_call *c, CURLcode rc)
+{
+	char what[400] = "";
+
+	if (rc != CURLE_OK)
+		snprintf(what, sizeof(what), "%s%s%s", curl_easy_strerror(rc),
+			 c->h->errbuf[0] ? ": " : "", c->h->errbuf);
+	complete(c, rc == CURLE_OK ? XF_OK : rc == CURLE_OPERATION_TIMEDOUT ? XF_TIMEOUT : XF_FAILED,
+		 what);
+}
+
+static void drain_ended(struct up *u, struct uh *h, int ok)
+{
+	if (!ok)
+		h->ok = 0;
+	drain_unlink(u, h);
+	uh_remove(u, h);
+}
+
+static void on_h1_done(struct tpo_h1_xfer *x, int result, const char *err)
+{
+	struct uh *h = x->arg;
+
+	if (h->c)
+		complete(h->c, result == TPO_H1_OK ? XF_OK :
+			 result == TPO_H1_TIMEOUT ? XF_TIMEOUT : XF_FAILED, err);
+	else
+		drain_ended(h->u, h, result == TPO_H1_OK);
 }
 
 static int launch(struct tpo_up_call *c, uint64_t now)
@@ -958,22 +1053,43 @@ static int launch(struct tpo_up_call *c, uint64_t now)
 		if (left < total_ms)
 			total_ms = left;
 	}
-	/* What differs between attempts is set here; the rest is kept on the
-	 * handle (see the top). */
-	if (!h->ready)
-		uh_setup(u, h);
-	if (h->set != k) {
-		curl_easy_setopt(h->easy, CURLOPT_URL, k->url);
-		curl_easy_setopt(h->easy, CURLOPT_HTTPHEADER, k->hdrs);
-		h->set = k;
-	}
-	curl_easy_setopt(h->easy, CURLOPT_POSTFIELDS, h->body.p);
-	curl_easy_setopt(h->easy, CURLOPT_POSTFIELDSIZE, (long)h->body.len);
-	curl_easy_setopt(h->easy, CURLOPT_TIMEOUT_MS, (long)total_ms);
 	h->c = c;
-	if (curl_multi_add_handle(u->multi, h->easy) != CURLM_OK) {
-		err = -ENOMEM;
-		goto fail;
+	if (e->h1) {
+		struct tpo_h1_xfer *x = &h->x;
+		x->t = k->h1;
+		x->body = h->body.p;
+		x->body_len = h->body.len;
+		x->connect_ns = now + (uint64_t)u->to.connect_ms * MS;
+		x->deadline_ns = now + total_ms * MS;
+		x->on_data = on_h1_data;
+		x->done = on_h1_done;
+		x->arg = h;
+		h->via_h1 = 1;
+		err = tpo_h1_start(u->h1, x, now);
+		if (err < 0)
+			goto fail;
+	} else {
+		if (!h->easy && !(h->easy = curl_easy_init())) {
+			err = -ENOMEM;
+			goto fail;
+		}
+		/* What differs between attempts is set here; the rest is kept
+		 * on the handle (see the top). */
+		if (!h->ready)
+			uh_setup(u, h);
+		if (h->set != k) {
+			curl_easy_setopt(h->easy, CURLOPT_URL, k->url);
+			curl_easy_setopt(h->easy, CURLOPT_HTTPHEADER, k->hdrs);
+			h->set = k;
+		}
+		curl_easy_setopt(h->easy, CURLOPT_POSTFIELDS, h->body.p);
+		curl_easy_setopt(h->easy, CURLOPT_POSTFIELDSIZE, (long)h->body.len);
+		curl_easy_setopt(h->easy, CURLOPT_TIMEOUT_MS, (long)total_ms);
+		if (curl_multi_add_handle(u->multi, h->easy) != CURLM_OK) {
+			err = -ENOMEM;
+			goto fail;
+		}
+		u->ncurl++;
 	}
 	c->h = h;
 	c->easy = h->easy;
@@ -1085,26 +1201,23 @@ static void up_drive(void *w, uint64_t now)
 	CURLMsg *m;
 	int still, left;
 
+	if (u->h1)
+		tpo_h1_run(u->h1, now);   /* idle connections too: a close is read */
 	if (!u->running)
 		return;
-	curl_multi_perform(u->multi, &still);
-	while ((m = curl_multi_info_read(u->multi, &left))) {
+	if (u->ncurl)
+		curl_multi_perform(u->multi, &still);
+	while (u->ncurl && (m = curl_multi_info_read(u->multi, &left))) {
 		struct uh *h = NULL;
 		if (m->msg != CURLMSG_DONE)
 			continue;
 		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&h);
 		if (!h)
 			continue;
-		if (h->c) {
-			complete(h->c, m->data.result);
-		} else {
-			/* A drain ended: its connection is back in the cache
-			 * (unless curl failed it: then the handle is reset). */
-			if (m->data.result != CURLE_OK)
-				h->ok = 0;
-			drain_unlink(u, h);
-			uh_remove(u, h);
-		}
+		if (h->c)
+			complete_curl(h->c, m->data.result);
+		else    /* its connection is back in the cache (unless it failed) */
+			drain_ended(u, h, m->data.result == CURLE_OK);
 	}
 	for (struct uh **pp = &u->drains; *pp;) {
 		struct uh *h = *pp;
@@ -1121,11 +1234,26 @@ static void up_drive(void *w, uint64_t now)
 static int up_wait(void *w, int bell, int timeout_ms)
 {
 	struct up *u = w;
-	struct curl_waitfd wfd = { .fd = bell, .events = CURL_WAIT_POLLIN };
+	struct curl_waitfd wfd[2];
+	unsigned nw = 0;
 	int n;
-	CURLMcode rc = curl_multi_poll(u->multi, bell >= 0 ? &wfd : NULL, bell >= 0 ? 1 : 0,
-				       timeout_ms, &n);
+	CURLMcode rc;
 
+	if (!u->multi)
+		return tpo_h1_wait(u->h1, bell, timeout_ms);
+	if (bell >= 0)
+		wfd[nw++] = (struct curl_waitfd){ .fd = bell, .events = CURL_WAIT_POLLIN };
+	if (u->h1) {
+		/* Both clients: ours is one more fd to curl, its timers ours. */
+		uint64_t due = tpo_h1_next_due(u->h1), now = tpo_now_ns();
+		wfd[nw++] = (struct curl_waitfd){ .fd = tpo_h1_fd(u->h1),
+						  .events = CURL_WAIT_POLLIN };
+		if (due && due <= now)
+			timeout_ms = 0;
+		else if (due && (due - now) / MS < (uint64_t)timeout_ms)
+			timeout_ms = (int)((due - now + MS - 1) / MS);
+	}
+	rc = curl_multi_poll(u->multi, nw ? wfd : NULL, nw, timeout_ms, &n);
 	return rc == CURLM_OK ? 0 : -EIO;
 }
 
@@ -1138,7 +1266,10 @@ static void up_destroy(void *w)
 	while (u->drains) {
 		struct uh *h = u->drains;
 		u->drains = h->next;
-		curl_multi_remove_handle(u->multi, h->easy);
+		if (h->via_h1)
+			tpo_h1_abort(u->h1, &h->x);
+		else
+			curl_multi_remove_handle(u->multi, h->easy);
 		uh_free(h);
 	}
 	while (u->pool) {
@@ -1149,12 +1280,18 @@ static void up_destroy(void *w)
 	for (int i = 0; i < u->nep; i++) {
 		free(u->ep[i].key);
 		for (int k = 0; k < 4; k++) {
-			free(u->ep[i].kind[k].url);
-			curl_slist_free_all(u->ep[i].kind[k].hdrs);
+			struct ep_kind *kd = &u->ep[i].kind[k];
+			free(kd->url);
+			if (kd->hdrs)
+				curl_slist_free_all(kd->hdrs);
+			if (kd->h1)
+				free(kd->h1->head);
+			free(kd->h1);
 		}
 	}
 	if (u->multi)
 		curl_multi_cleanup(u->multi);
+	tpo_h1_free(u->h1);
 	free(u->toks);
 	free(u);
 }
@@ -1174,21 +1311,13 @@ int tpo_upstream_create(const struct tpo_config_infer *cfg, const struct tpo_pro
 {
 	static int curl_ready;
 	struct up *u;
+	int need_curl = 0, need_h1 = 0;
+	unsigned maxconns;
 
 	if (cfg->nendpoints < 1) {
 		snprintf(err, errcap, "stages.infer.endpoints: worker \"%s\" needs at least one "
 			 "endpoint", proto->name);
 		return -EINVAL;
-	}
-	if (!curl_ready) {
-		int e = tpo_curl_load(err, errcap);
-		if (e < 0)
-			return e;
-		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-			snprintf(err, errcap, "libcurl initialisation failed");
-			return -EIO;
-		}
-		curl_ready = 1;
 	}
 	u = calloc(1, sizeof(*u));
 	if (!u)
@@ -1221,12 +1350,6 @@ int tpo_upstream_create(const struct tpo_config_infer *cfg, const struct tpo_pro
 			if (getenv(vars[k]))
 				u->no_proxy = 0;
 	}
-	u->multi = curl_multi_init();
-	if (!u->multi)
-		goto nomem;
-	/* Room for a connection per job that can run at once (see the top). */
-	curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS,
-			  (long)(cfg->max_inflight > 4 ? cfg->max_inflight : 4));
 	u->nep = cfg->nendpoints;
 	for (int i = 0; i < u->nep; i++) {
 		const struct tpo_config_endpoint *ce = &cfg->endpoints[i];
@@ -1246,6 +1369,13 @@ int tpo_upstream_create(const struct tpo_config_infer *cfg, const struct tpo_pro
 		n = strlen(e->url);
 		while (n && e->url[n - 1] == '/')
 			e->url[--n] = 0;
+		{
+			struct tpo_h1_target t;
+			const char *path;
+			e->h1 = u->no_proxy && tpo_h1_target_parse(&t, e->url, &path) == 0;
+			need_curl |= !e->h1;
+			need_h1 |= e->h1;
+		}
 		snprintf(e->model, sizeof(e->model), "%s", ce->model);
 		e->weight = ce->weight ? ce->weight : 1;
 		e->slot = -1;
@@ -1255,7 +1385,12 @@ int tpo_upstream_create(const struct tpo_config_infer *cfg, const struct tpo_pro
 				fprintf(stderr, "<4>tpo-infer: stages.infer.endpoints[%d]: environment "
 					"variable %s is not set: sending no API key\n", i,
 					ce->api_key_env);
-			else if (!(e->key = strdup(k)))
+			else if (strpbrk(k, "\r\n")) {
+				snprintf(err, errcap, "stages.infer.endpoints[%d]: the API key in %s "
+					 "holds a line break", i, ce->api_key_env);
+				up_destroy(u);
+				return -EINVAL;
+			} else if (!(e->key = strdup(k)))
 				goto nomem;
 		}
 		if (stats) {
@@ -1264,6 +1399,29 @@ int tpo_upstream_create(const struct tpo_config_infer *cfg, const struct tpo_pro
 			if (e->slot < 0)
 				e->slot = -1;
 		}
+	}
+	/* Room for a connection per job that can run at once (see the top). */
+	maxconns = cfg->max_inflight > 4 ? cfg->max_inflight : 4;
+	if (need_h1 && !(u->h1 = tpo_h1_new(maxconns)))
+		goto nomem;
+	if (need_curl) {
+		if (!curl_ready) {
+			int e = tpo_curl_load(err, errcap);
+			if (e < 0) {
+				up_destroy(u);
+				return e;
+			}
+			if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+				up_destroy(u);
+				snprintf(err, errcap, "libcurl initialisation failed");
+				return -EIO;
+			}
+			curl_ready = 1;
+		}
+		u->multi = curl_multi_init();
+		if (!u->multi)
+			goto nomem;
+		curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, (long)maxconns);
 	}
 	*w = u;
 	return 0;

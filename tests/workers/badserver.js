@@ -27,7 +27,8 @@
 // GET /count?key=K: requests seen with KEY (flaky or key); GET /held?key=K:
 // requests held now; GET /release?key=K: let them go; GET /conns:
 // connections that carried a POST (a keep-alive client reuses one); GET
-// /last: the last request.
+// /drop: close every idle connection that carried a POST (as a keep-alive
+// timeout would); GET /last: the last request.
 'use strict';
 const http = require('http');
 const fs = require('fs');
@@ -39,6 +40,7 @@ const held = {};      // key -> callbacks of the requests held under it
 const released = {};  // key -> true once /release was asked
 let last = null;
 let postConns = 0;
+const postSockets = new Set();
 
 function cmd(prompt, key) {
 	const m = prompt.match(new RegExp('\\[\\[srv:' + key + '(?:=([^\\]]*))?\\]\\]'));
@@ -104,6 +106,12 @@ const server = http.createServer((req, res) => {
 			return res.end(JSON.stringify({ count: counts[k] || 0 }));
 		if (url.pathname === '/conns')
 			return res.end(JSON.stringify({ count: postConns }));
+		if (url.pathname === '/drop') {
+			const n = postSockets.size;
+			postSockets.forEach((s) => s.destroy());
+			postSockets.clear();
+			return res.end(JSON.stringify({ dropped: n }));
+		}
 		if (url.pathname === '/held')
 			return res.end(JSON.stringify({ held: (held[k] || []).length }));
 		if (url.pathname === '/release') {
@@ -118,6 +126,8 @@ const server = http.createServer((req, res) => {
 	if (!req.socket.tpoPost) {
 		req.socket.tpoPost = true;
 		postConns++;
+		postSockets.add(req.socket);
+		req.socket.on('close', () => postSockets.delete(req.socket));
 	}
 	let body = '';
 	req.on('data', (d) => body += d);

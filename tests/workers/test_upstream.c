@@ -3,13 +3,23 @@
  * with worker openai / llamacpp / tgi / anthropic pointed at
  * tests/workers/badserver.js, a loopback server that misbehaves on command.
  * Golden streams (tests/workers/golden/) are sent a few bytes at a time.
+ *
+ * Endpoints are http://127.0.0.1:PORT, served by tpo's own HTTP/1.1 client
+ * (workers/h1.h); test_upstream_curl.c includes this file with UP_HOST
+ * "localhost", a host name, which libcurl serves: every test runs through
+ * both clients.
  */
 #include "tests/integration/harness.h"
+
+#ifndef UP_HOST
+#define UP_HOST "127.0.0.1"
+#define UP_VIA_CURL 0
+#endif
 
 #define CFG \
 	"{\"lanes\": 1, \"restart\": {\"base_ms\": 10, \"cap_ms\": 50}," \
 	" \"stages\": {\"infer\": {\"worker\": \"%s\"," \
-	"  \"endpoints\": [{\"url\": \"http://127.0.0.1:%d%s\"%s}]," \
+	"  \"endpoints\": [{\"url\": \"http://" UP_HOST ":%d%s\"%s}]," \
 	"  \"timeouts\": {\"connect_ms\": 1000, \"first_token_ms\": %d, \"idle_ms\": %d," \
 	"                \"total_ms\": 20000}," \
 	"  \"retries\": {\"max_attempts\": 2, \"base_ms\": 1, \"cap_ms\": 5}," \
@@ -729,6 +739,66 @@ Test(upstream, reused_handle_after_success_switches_kind)
 	h_stop(&in);
 }
 
+/* Times process pid went to sleep (voluntary context switches), -1: gone. */
+static long sleeps_of(pid_t pid)
+{
+	char path[64], line[256];
+	long n = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	if (!(f = fopen(path, "r")))
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "voluntary_ctxt_switches: %ld", &n) == 1)
+			break;
+	fclose(f);
+	return n;
+}
+
+/*
+ * After a load, an idle infer process sleeps between its heartbeats (100
+ * ms) with its kept-alive upstream connections open, and again after the
+ * upstream closed them (a keep-alive timeout): a loop that polls without
+ * sleeping goes to sleep almost never; one that a closed connection keeps
+ * waking, far more than 40 times in 2 s. A request after the close is
+ * answered (over a new connection).
+ */
+Test(upstream, idle_after_load_sleeps)
+{
+	pid_t pids[TPO_NSTAGES * TPO_MAX_LANES], pid;
+	char text[4096], finish[32], out[8192];
+	struct h_conn c;
+	long a, b;
+
+	start("idl", "openai", NULL, 100, NULL);
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(chat_once("load", out, sizeof(out)), 200, "%s", out);
+	cr_assert_eq(chat_stream("[[srv:end_delay=20]]", text, sizeof(text), finish), 5);
+	h_sleep_ms(100);         /* past the stream's drain */
+	cr_assert_gt(h_stage_pids(&in, pids), 0);
+	pid = pids[TPO_STAGE_INFER * TPO_MAX_LANES];
+	for (int round = 0; round < 2; round++) {
+		a = sleeps_of(pid);
+		h_sleep_ms(2000);
+		b = sleeps_of(pid);
+		cr_assert(a >= 0 && b >= 0, "no /proc/%d/status", (int)pid);
+		cr_assert_leq(b - a, 40, "round %d: the idle infer process woke %ld times in 2 s",
+			      round, b - a);
+		cr_assert_geq(b - a, 5, "round %d: the idle infer process slept %ld times in 2 s: "
+			      "it spins", round, b - a);
+		if (round == 0) {
+			h_http(&c, srv_port, "GET", "/drop", NULL, NULL);
+			cr_assert_eq(c.status, 200);
+			cr_assert(strstr(c.body, "\"dropped\":1"), "%s", c.body);
+			h_conn_free(&c);
+			h_sleep_ms(100);
+		}
+	}
+	cr_assert_eq(chat_once("after the close", out, sizeof(out)), 200, "%s", out);
+	h_stop(&in);
+}
+
 /* Whether process pid maps a file whose path contains what. */
 static int maps_contain(pid_t pid, const char *what)
 {
@@ -746,9 +816,10 @@ static int maps_contain(pid_t pid, const char *what)
 }
 
 /*
- * libcurl is loaded by the first HTTP worker (workers/curl_dl.h): an infer
- * process with the mock maps none of it, one with the openai worker does and
- * answers through it.
+ * libcurl is loaded by the first HTTP worker that needs it
+ * (workers/curl_dl.h): an infer process with the mock maps none of it; one
+ * with the openai worker maps it only when an endpoint is libcurl's (a host
+ * name here), and answers either way.
  */
 Test(upstream, libcurl_mapped_only_by_http_workers)
 {
@@ -767,7 +838,11 @@ Test(upstream, libcurl_mapped_only_by_http_workers)
 	cr_assert_gt(h_stage_pids(&in, pids), 0);
 	pid = pids[TPO_STAGE_INFER * TPO_MAX_LANES];
 	cr_assert_gt(pid, 0);
-	cr_assert(maps_contain(pid, "libcurl"), "the openai worker's infer process has no libcurl");
+	if (UP_VIA_CURL)
+		cr_assert(maps_contain(pid, "libcurl"), "the infer process has no libcurl");
+	else
+		cr_assert_not(maps_contain(pid, "libcurl"),
+			      "the infer process maps libcurl for an http:// endpoint at an address");
 	h_stop(&in);
 }
 
@@ -799,7 +874,7 @@ Test(upstream, proxy_variable_still_routes_through_the_proxy)
 	srv_last(last, sizeof(last));
 	{
 		char host[64];
-		snprintf(host, sizeof(host), "\"host\":\"127.0.0.1:%d\"", dead_port);
+		snprintf(host, sizeof(host), "\"host\":\"" UP_HOST ":%d\"", dead_port);
 		cr_assert(strstr(last, host), "the proxy was not asked for the endpoint: %s", last);
 	}
 	h_stop(&in);
