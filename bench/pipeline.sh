@@ -445,7 +445,7 @@ overhead() {
 			done
 		done
 	done
-	# Memory of a proxying instance after its load (its infer maps libcurl).
+	# Memory of a proxying instance after its load.
 	[ "$up" = serve ] && { sleep 2; snapshot "$R/mem.proxy.json"; }
 	stop_tpo
 }
@@ -459,7 +459,7 @@ if ! skipped overhead; then
 	overhead serve "http://127.0.0.1:$SPORT" 128 64 "$RUNS" "25 50 75 90" sustained --max-tokens 64 ||
 		exit 111
 	# The pipeline alone: the same half load through tpo running the mock
-	# worker (no upstream hop, no libcurl), alternating with the same load
+	# worker (no upstream hop), alternating with the same load
 	# straight to --serve: what the five stages add by themselves on these
 	# cores, so the report can split the added latency in two.
 	start_tpo "$(config cap)" || exit 111
@@ -804,8 +804,8 @@ def profile(up, kind):
     out_["busy_pct"] = r1(med([e["busy_pct"] for e in per]))
     return out_
 def pipeline_alone():
-    """The half load through tpo with the mock worker (no upstream hop, no
-    libcurl) against the same load straight to --serve, alternating: what
+    """The half load through tpo with the mock worker (no upstream hop)
+    against the same load straight to --serve, alternating: what
     the five stages add by themselves (medians of the runs)."""
     pa = {}
     for kind in ("plain", "stream"):
@@ -891,8 +891,9 @@ if ovh_all:
 ovh = g(ovh_all, "serve", "loads") or {}
 if ovh_all:
     md.append("## 3. Overhead: the same load straight to an upstream and through tpo proxying to it\n")
-    md.append("tpo runs the `openai` worker with the upstream as its only endpoint (all five stages, one more HTTP hop "
-              "over libcurl); `direct` is the same tpo-bench load sent straight to the upstream; added = tpo − direct. "
+    md.append("tpo runs the `openai` worker with the upstream as its only endpoint (all five stages, one more HTTP hop: "
+              "tpo-infer's own HTTP/1.1 client for an http:// URL at an IP address, libcurl for others, "
+              "docs/workers.md); `direct` is the same tpo-bench load sent straight to the upstream; added = tpo − direct. "
               "tpo's proxied capacity is measured first, closed loop. With `tpo-bench --serve` as the upstream the "
               "open-loop loads are percentages of the highest rate tpo sustains in open loop (found by bisection "
               "between a quarter of the closed-loop capacity and all of it: a rate is sustained when every request is "
@@ -960,8 +961,8 @@ for n, (up, upname, updesc) in enumerate(UPS):
     pa = o.get("pipeline_alone") or {}
     if pa:
         md.append("The pipeline alone: the same 50 % loads through tpo running the mock worker instead of the openai "
-                  "worker (no upstream hop, no libcurl: infer answers 64 tokens itself), alternating with the same load "
-                  "straight to the upstream; the rest of the added latency above is the upstream hop (libcurl, the "
+                  "worker (no upstream hop: infer answers 64 tokens itself), alternating with the same load "
+                  "straight to the upstream; the rest of the added latency above is the upstream hop (infer's HTTP client, the "
                   "loopback TCP round trip and the upstream's own work, which the direct runs have too):\n")
         md.append("| load | offered req/s | tpo, mock worker p50 / p99 µs | direct p50 / p99 µs | added p50 / p99 µs | TTFT added p50 µs | not ok tpo / direct |\n|---|---|---|---|---|---|---|")
         for kind in ("plain", "stream"):
@@ -1167,8 +1168,9 @@ if mem:
     md.append("| open client connections (ss) | " + " | ".join(fmt(mem[k]["open_conns"]) for k in keys) + " | |")
     md.append("\nVmRSS counts every page a process has touched: the rings it maps and the shared libraries' pages as well; "
               "private = VmRSS − Rss of its /dev/shm/tpo.* mappings; USS = its Private_Clean + Private_Dirty pages "
-              "(smaps_rollup), the memory that would be freed if it exited. An infer process that uses an HTTP worker "
-              "maps libcurl and its ~30 libraries: ~6.8 MiB of shared clean pages in its VmRSS.\n")
+              "(smaps_rollup), the memory that would be freed if it exited. An infer process maps libcurl (and its ~30 "
+              "libraries: ~8 MiB of shared clean pages in its VmRSS) only when an endpoint needs it (https, a host "
+              "name, a proxy); the bench's upstreams are at 127.0.0.1, served by infer's own HTTP client.\n")
 
 # ---- merge: with TPO_BENCH_MERGE, a scenario not run keeps its section (JSON
 # and markdown) from the previous report

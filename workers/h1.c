@@ -24,6 +24,7 @@
 #include <http_parser.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -146,6 +147,9 @@ static int want(struct tpo_h1 *h, struct h1_conn *c, uint32_t events)
 
 static void conn_close(struct tpo_h1 *h, struct h1_conn *c)
 {
+	if (c->state == S_FAILED)
+		h->nfailed--;
+	c->state = 0;
 	if (c->list != L_NONE)
 		list_del(h, c);
 	if (c->fd >= 0)
@@ -182,8 +186,6 @@ static void finish(struct tpo_h1 *h, struct h1_conn *c, int result, const char *
 		vsnprintf(err, sizeof(err), fmt, ap);
 		va_end(ap);
 	}
-	if (c->state == S_FAILED)
-		h->nfailed--;
 	c->x = NULL;
 	if (x)
 		x->conn = NULL;
@@ -203,11 +205,14 @@ static void finish(struct tpo_h1 *h, struct h1_conn *c, int result, const char *
 /* A new connection to t in *out (active, not yet serving). 0 or -errno. */
 static int conn_open(struct tpo_h1 *h, const struct tpo_h1_target *t, struct h1_conn **out)
 {
-	struct h1_conn *c = calloc(1, sizeof(*c));
+	/* The receive buffer is left as malloc gives it: pages nothing has
+	 * read into stay out of the resident set. */
+	struct h1_conn *c = malloc(sizeof(*c));
 	int one = 1, err;
 
 	if (!c)
 		return -ENOMEM;
+	memset(c, 0, offsetof(struct h1_conn, rbuf));
 	c->t = t;
 	c->fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (c->fd < 0) {
@@ -301,8 +306,6 @@ static int resend_fresh(struct tpo_h1 *h, struct h1_conn *c)
 	struct h1_conn *n;
 	int err;
 
-	if (c->state == S_FAILED)
-		h->nfailed--;
 	c->x = NULL;
 	conn_close(h, c);
 	x->retried = 1;
@@ -332,7 +335,10 @@ static void lost_if(struct tpo_h1 *h, struct tpo_h1_xfer *x, const struct tpo_h1
 
 static void resend_or_fail(struct tpo_h1 *h, struct h1_conn *c)
 {
-	lost_if(h, c->x, c->t, resend_fresh(h, c));
+	struct tpo_h1_xfer *x = c->x;            /* resend_fresh retires c */
+	const struct tpo_h1_target *t = c->t;
+
+	lost_if(h, x, t, resend_fresh(h, c));
 }
 
 static int start_send(struct tpo_h1 *h, struct h1_conn *c)
@@ -535,7 +541,11 @@ static void on_writable(struct tpo_h1 *h, struct h1_conn *c)
 		}
 		c->state = S_SENDING;
 	}
-	lost_if(h, c->x, c->t, start_send(h, c));
+	{
+		struct tpo_h1_xfer *x = c->x;        /* start_send may retire c */
+		const struct tpo_h1_target *t = c->t;
+		lost_if(h, x, t, start_send(h, c));
+	}
 }
 
 /* ---- timers and deferred failures ---------------------------------------- */
@@ -669,8 +679,6 @@ void tpo_h1_abort(struct tpo_h1 *h, struct tpo_h1_xfer *x)
 
 	if (!c)
 		return;
-	if (c->state == S_FAILED)
-		h->nfailed--;
 	c->x = NULL;
 	x->conn = NULL;
 	conn_close(h, c);
