@@ -815,6 +815,86 @@ static int maps_contain(pid_t pid, const char *what)
 	return found;
 }
 
+static int srv_held(const char *key)
+{
+	struct h_conn c;
+	char path[128];
+	int n;
+
+	snprintf(path, sizeof(path), "/held?key=%s", key);
+	h_http(&c, srv_port, "GET", path, NULL, NULL);
+	cr_assert(sscanf(c.body, "{\"held\":%d}", &n) == 1, "%s", c.body);
+	h_conn_free(&c);
+	return n;
+}
+
+/* The snapshot of lane 0's endpoint i (its slot appears with the worker). */
+static void ep_snap_i(const struct tpo_stats *st, int i, struct tpo_ep_snapshot *e)
+{
+	uint64_t end = h_now_ms() + H_HANG_MS;
+
+	do {
+		for (int k = 0; k < TPO_MAX_ENDPOINTS; k++)
+			if (tpo_stats_read_ep(st, k, e) == 0 && e->lane == 0 &&
+			    e->index == (uint32_t)i)
+				return;
+		h_sleep_ms(1);
+	} while (h_now_ms() < end);
+	cr_assert_fail("no endpoint slot %d for lane 0", i);
+}
+
+/*
+ * Endpoints of both clients in one infer process: the first at UP_HOST, the
+ * second named "localhost" (libcurl's). A request held at the server keeps
+ * one endpoint busy, so the next goes to the other (least_inflight); both
+ * are answered once released, and the process maps libcurl.
+ */
+Test(upstream, both_clients_in_one_process)
+{
+	static char cfg[2048], more[128];
+	pid_t pids[TPO_NSTAGES * TPO_MAX_LANES];
+	struct tpo_stats st;
+	struct tpo_ep_snapshot e;
+	struct h_conn cs[2];
+	char body[512];
+
+	tmo_ms = 60000;          /* the held requests must not time out */
+	srv_start();
+	snprintf(more, sizeof(more), "}, {\"url\": \"http://localhost:%d\"", srv_port);
+	snprintf(cfg, sizeof(cfg), CFG, "openai", srv_port, "", more, tmo_ms, tmo_ms, 100,
+		 open_ms);
+	h_start_ex(&in, "mix", cfg, NULL, 1);
+	h_register(&in);
+	h_stats_attach(&in, &st);
+	h_chat_body(body, sizeof(body), "[[srv:key=km]] [[srv:hold=km]]", 0, NULL);
+	for (int i = 0; i < 2; i++) {
+		uint64_t end = h_now_ms() + H_HANG_MS;
+		h_begin(&cs[i], in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+		while (srv_held("km") < i + 1) {
+			cr_assert_lt(h_now_ms(), end, "request %d never reached the server", i);
+			h_sleep_ms(5);
+		}
+	}
+	srv_release("km");
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(h_read_head(&cs[i]), 0);
+		cr_assert_eq(h_read_body(&cs[i]), 0);
+		cr_assert_eq(cs[i].status, 200, "%s", cs[i].body ? cs[i].body : "");
+		cr_assert(strstr(cs[i].body, "tok0 tok1 tok2"), "%s", cs[i].body);
+		h_conn_free(&cs[i]);
+	}
+	for (int i = 0; i < 2; i++) {
+		ep_snap_i(&st, i, &e);
+		cr_assert_eq(e.requests, 1, "endpoint %d (%s) served %llu requests", i, e.url,
+			     (unsigned long long)e.requests);
+		cr_assert_eq(e.errors, 0);
+	}
+	cr_assert_gt(h_stage_pids(&in, pids), 0);
+	cr_assert(maps_contain(pids[TPO_STAGE_INFER * TPO_MAX_LANES], "libcurl"));
+	h_stop(&in);
+}
+
+
 /*
  * libcurl is loaded by the first HTTP worker that needs it
  * (workers/curl_dl.h): an infer process with the mock maps none of it; one
