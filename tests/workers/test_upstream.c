@@ -210,17 +210,24 @@ static void assert_sent_plain(char *out, size_t cap, const char *word, const cha
 /* The endpoint slot of lane 0, endpoint 0. */
 /* The snapshot of lane 0's first endpoint. Its slot appears once the infer
  * process has loaded libcurl and made its worker: wait for it. */
-static void ep_snap(const struct tpo_stats *st, struct tpo_ep_snapshot *e)
+/* The snapshot of lane 0's endpoint i (its slot appears with the worker). */
+static void ep_snap_i(const struct tpo_stats *st, int i, struct tpo_ep_snapshot *e)
 {
 	uint64_t end = h_now_ms() + H_HANG_MS;
 
 	do {
-		for (int i = 0; i < TPO_MAX_ENDPOINTS; i++)
-			if (tpo_stats_read_ep(st, i, e) == 0 && e->lane == 0 && e->index == 0)
+		for (int k = 0; k < TPO_MAX_ENDPOINTS; k++)
+			if (tpo_stats_read_ep(st, k, e) == 0 && e->lane == 0 &&
+			    e->index == (uint32_t)i)
 				return;
 		h_sleep_ms(1);
 	} while (h_now_ms() < end);
-	cr_assert_fail("no endpoint slot for lane 0");
+	cr_assert_fail("no endpoint slot %d for lane 0", i);
+}
+
+static void ep_snap(const struct tpo_stats *st, struct tpo_ep_snapshot *e)
+{
+	ep_snap_i(st, 0, e);
 }
 
 /*
@@ -828,20 +835,6 @@ static int srv_held(const char *key)
 	return n;
 }
 
-/* The snapshot of lane 0's endpoint i (its slot appears with the worker). */
-static void ep_snap_i(const struct tpo_stats *st, int i, struct tpo_ep_snapshot *e)
-{
-	uint64_t end = h_now_ms() + H_HANG_MS;
-
-	do {
-		for (int k = 0; k < TPO_MAX_ENDPOINTS; k++)
-			if (tpo_stats_read_ep(st, k, e) == 0 && e->lane == 0 &&
-			    e->index == (uint32_t)i)
-				return;
-		h_sleep_ms(1);
-	} while (h_now_ms() < end);
-	cr_assert_fail("no endpoint slot %d for lane 0", i);
-}
 
 /*
  * Endpoints of both clients in one infer process: the first at UP_HOST, the
