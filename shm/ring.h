@@ -26,6 +26,7 @@
  *   160     32    -           padding to the cache line
  *   192     4     producer    prod_sleeping: producer waits for space
  *   196     4     consumer    cons_sleeping: consumer waits for records
+ *                             (TPO_SLEEP_*; the producer moves FUTEX to WOKEN)
  *   200     56    -           padding to the cache line
  *   256     cap   producer    data: records, 8-byte aligned
  *
@@ -49,10 +50,13 @@
  *
  * Wake-ups (see ../shared/rings-notes.md): only a sleeper sets and clears its
  * own flag. The sleeper sets the flag, issues a full fence, re-checks the
- * other side's position, then blocks on its doorbell (an eventfd, so an I/O
- * stage can wait on sockets and rings in one epoll). The other side stores its
- * position with release, issues a full fence, and rings the doorbell only if
- * the flag is set: under load no system call is made. The fence costs the
+ * other side's position, then blocks: an I/O stage on its doorbell (an
+ * eventfd, so it can wait on sockets and rings in one epoll), a stage that
+ * waits on rings alone on the flags themselves (futex_waitv: one system call
+ * per sleep where poll + read of an eventfd take two). The other side stores
+ * its position with release, issues a full fence, and only if the flag is
+ * set rings the doorbell, or moves the flag from FUTEX to WOKEN and wakes the
+ * futex: under load no system call is made. The fence costs the
  * committing side one wait for its store to reach the other cache; an
  * asymmetric fence (membarrier GLOBAL_EXPEDITED from the sleeper) would move
  * it to the sleep path, but an IPI there costs ~17 us on these VMs, paid on
@@ -69,6 +73,14 @@
 #define TPO_RING_HDR_SIZE  256
 #define TPO_REC_HDR_SIZE   32
 #define TPO_RING_MIN_MAX_LEN  (64u * 1024)  /* max_len may not be smaller */
+
+/* cons_sleeping (prod_sleeping uses AWAKE and BELL only) */
+enum {
+	TPO_SLEEP_AWAKE = 0,
+	TPO_SLEEP_BELL = 1,     /* asleep on its doorbell (tpo_ring_sleep_begin) */
+	TPO_SLEEP_FUTEX = 2,    /* asleep on the flag itself (tpo_ring_wait) */
+	TPO_SLEEP_WOKEN = 3     /* moved from FUTEX by the producer that woke it */
+};
 
 /* Record types. 0 is never valid (zeroed memory must look corrupt). */
 enum {
@@ -197,6 +209,14 @@ int tpo_ring_reserve(struct tpo_ring *r, uint32_t len, struct tpo_rec **rec);
 int tpo_ring_commit(struct tpo_ring *r);
 
 /*
+ * tpo_ring_commit without the wake-up: a sleeping consumer sees the records
+ * when something else wakes it. A producer that owes it the wake-up pays it
+ * with a later tpo_ring_commit or tpo_ring_nudge (returns 1 if it woke it).
+ */
+void tpo_ring_commit_quiet(struct tpo_ring *r);
+int tpo_ring_nudge(struct tpo_ring *r);
+
+/*
  * Shrinks the most recent reservation rec to len bytes (1..its length), or
  * withdraws it (tpo_ring_unreserve) before it is committed. Only the last
  * reservation may be changed.
@@ -274,13 +294,21 @@ int  tpo_ring_sleep_begin(struct tpo_ring *const *rings, int n);
 void tpo_ring_sleep_end(struct tpo_ring *const *rings, int n);
 
 /*
- * Consumer wait on several rings sharing one doorbell: spins for spin_ns
- * (0: never), then sleeps on bell for at most timeout_ms (-1: forever).
- * Returns 1 if some ring is readable, 0 on timeout or a bell rung for
+ * Consumer wait on several rings: spins for spin_ns (0: never), then sleeps
+ * for at most timeout_ms (-1: forever) on the rings' flags (futex_waitv), or
+ * on bell where the kernel lacks it (before 5.16) or n is 0. Returns 1 if
+ * some ring is readable, 0 on timeout, tpo_ring_kick or a bell rung for
  * another reason, -errno on error.
  */
 int tpo_ring_wait(struct tpo_ring *const *rings, int n, int bell,
 		  uint64_t spin_ns, int timeout_ms);
+
+/*
+ * Ends this process's current or next tpo_ring_wait on rings[0..n) early
+ * (async-signal-safe: for a signal handler; ring the bell too, for a
+ * consumer asleep on it).
+ */
+void tpo_ring_kick(struct tpo_ring *const *rings, int n);
 
 /* Producer wait until a record of len bytes fits, same conventions. */
 int tpo_ring_wait_space(struct tpo_ring *r, uint32_t len, int bell,

@@ -86,6 +86,40 @@ static void mark_done(struct tpo_rec *rec)
 	pend_done[npend_done++] = rec;
 }
 
+/*
+ * A round whose only output is BEGIN records (requests handed to the worker,
+ * no answer yet) publishes them without waking post: the answer usually
+ * follows within a round or two and wakes post (then the front) once for
+ * both, where waking for BEGIN alone cost two more context switches per
+ * request. The wake-up is owed, and paid after BEGIN_DEFER_NS at the latest,
+ * so the front still learns within ~1 ms that inference began (drop_oldest
+ * sheds only requests not in inference).
+ */
+#define BEGIN_DEFER_NS 1000000ull
+static uint32_t begins_unflushed;
+static uint64_t wake_owed_ns;
+
+static void flush_out(uint64_t now)
+{
+	struct tpo_ring *r = &st.out[0];
+	uint64_t pending = r->records -
+		atomic_load_explicit(&r->shm->prod_records, memory_order_relaxed);
+
+	if (pending && pending == begins_unflushed) {
+		tpo_ring_commit_quiet(r);
+		if (!wake_owed_ns)
+			wake_owed_ns = now;
+	} else if (pending) {
+		tpo_stage_flush(&st);
+		wake_owed_ns = 0;
+	}
+	begins_unflushed = 0;
+	if (wake_owed_ns && now - wake_owed_ns >= BEGIN_DEFER_NS) {
+		tpo_ring_nudge(r);
+		wake_owed_ns = 0;
+	}
+}
+
 /* After a flush: the ends it committed are recorded in the journal. */
 static void journal_sync(void)
 {
@@ -276,6 +310,7 @@ static int take_prompt(struct tpo_rec *rec, uint64_t pos)
 		b->text_len = 0;
 		b->ctx_len = 0;
 		memcpy(tpo_msg_req_stops(b), tpo_msg_req_stops(m), m->stop_len);
+		begins_unflushed++;
 	}
 	err = ops->start(worker, &j->w);
 	if (err < 0 && j->active)
@@ -438,7 +473,7 @@ static uint64_t run_jobs(uint64_t now)
  */
 static void sleep_some(int timeout)
 {
-	int take = active < njobs;
+	int take = active < njobs, edge;
 
 	if (!ops->wait) {
 		if (take)
@@ -449,10 +484,11 @@ static void sleep_some(int timeout)
 	}
 	if (take && tpo_ring_sleep_begin(st.inp, st.nin))
 		return;                    /* input arrived meanwhile */
-	ops->wait(worker, take ? st.bell : -1, timeout);
+	edge = ops->wait(worker, take ? st.bell : -1, timeout) == 1;
 	if (take) {
 		tpo_ring_sleep_end(st.inp, st.nin);
-		tpo_bell_drain(st.bell);
+		if (!edge)
+			tpo_bell_drain(st.bell);
 	}
 	tpo_stage_tick(&st);
 }
@@ -498,7 +534,7 @@ int main(int argc, char **argv)
 		next = run_jobs(now);
 		/* Publish this round's output once, record it in the journal, then
 		 * free finished input. */
-		tpo_stage_flush(&st);
+		flush_out(now);
 		st.now_ns = 0;
 		journal_sync();
 		release_done();
@@ -506,6 +542,8 @@ int main(int argc, char **argv)
 		if (n > 0)
 			continue;
 		now = tpo_now_ns();
+		if (wake_owed_ns && (!next || wake_owed_ns + BEGIN_DEFER_NS < next))
+			next = wake_owed_ns + BEGIN_DEFER_NS;
 		if (next && next <= now)
 			continue;
 		timeout = TPO_STAGE_WAIT_MS;

@@ -310,6 +310,24 @@ static int lost(struct tpo_stage *st, int k, const struct tpo_rec *rec)
 		"the post-processing stage restarted while this response was streaming");
 }
 
+/* BEGIN goes on with infer's stamp, when inference began: where the front's
+ * queue wait ends, however long the record then waited for us. */
+static int forward_begin(struct tpo_stage *st, int k, const struct tpo_rec *rec)
+{
+	struct tpo_rec *out;
+	int err = tpo_stage_reserve(st, k, rec->len, &out);
+
+	if (err < 0)
+		return err;
+	out->type = TPO_MSG_BEGIN;
+	out->req_id = rec->req_id;
+	out->seq = 0;
+	out->aux = rec->aux;
+	out->ts_ns = rec->ts_ns;
+	memcpy(tpo_rec_data(out), tpo_rec_data(rec), rec->len);
+	return 0;
+}
+
 static int on_record(struct tpo_stage *st, int in, const struct tpo_rec *rec)
 {
 	struct req *r;
@@ -352,8 +370,7 @@ static int on_record(struct tpo_stage *st, int in, const struct tpo_rec *rec)
 			}
 		}
 		tpo_stats_count_in(&st->stats, st->stage, st->lane, 1);
-		return tpo_stage_emit(st, k, TPO_MSG_BEGIN, rec->req_id, 0, rec->aux,
-				      tpo_rec_data(rec), rec->len);
+		return forward_begin(st, k, rec);
 	}
 	case TPO_MSG_TOKEN:
 		r = lookup(rec->req_id, 0);

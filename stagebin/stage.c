@@ -19,6 +19,7 @@
 
 volatile sig_atomic_t tpo_stage_stopping;
 static int stop_bell = -1;
+static struct tpo_stage *stop_st;   /* set once its input rings are open */
 static const char *log_prog = "tpo-stage";
 
 void tpo_log(int prio, const char *fmt, ...)
@@ -47,6 +48,8 @@ static void on_stop(int sig)
 	tpo_stage_stopping = 1;
 	if (stop_bell >= 0)
 		tpo_bell_ring(stop_bell);
+	if (stop_st)
+		tpo_ring_kick(stop_st->inp, stop_st->nin);
 	errno = saved;
 }
 
@@ -214,6 +217,7 @@ int tpo_stage_init(struct tpo_stage *st, int stage, int argc, char **argv)
 		tpo_log(LOG_ERR, "fatal: unable to open my rings: %s", strerror(-err));
 		return EX_SYSTEM;
 	}
+	stop_st = st;
 	count_crashed_attempts(st);
 	st->spin_ns = auto_spin(st);
 	st->quarantine_after = st->cfg.restart.quarantine_after;
@@ -355,7 +359,10 @@ int tpo_stage_run(struct tpo_stage *st, tpo_stage_fn *fn)
 						"request quarantined: it was in flight when this "
 						"pipeline stage crashed repeatedly");
 				} else {
-					if (st->now_ns > rec->ts_ns)
+					/* A BEGIN may wait on purpose (tpo-infer
+					 * defers waking us for it); its stamp is when
+					 * inference began. */
+					if (st->now_ns > rec->ts_ns && rec->type != TPO_MSG_BEGIN)
 						tpo_stats_queue_wait(&st->stats, st->stage, st->lane,
 								     st->now_ns - rec->ts_ns);
 					err = fn(st, k, rec);

@@ -725,7 +725,7 @@ int tpo_h1_wait(struct tpo_h1 *h, int extra_fd, int timeout_ms)
 
 	free_dead(h);
 	if (extra_fd != h->extra) {
-		struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+		struct epoll_event ev = { .events = EPOLLIN | EPOLLET, .data.ptr = NULL };
 		if (h->extra >= 0)
 			epoll_ctl(h->ep, EPOLL_CTL_DEL, h->extra, NULL);
 		h->extra = -1;

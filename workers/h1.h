@@ -105,8 +105,10 @@ void tpo_h1_abort(struct tpo_h1 *h, struct tpo_h1_xfer *x);
  * on_data and done. */
 void tpo_h1_run(struct tpo_h1 *h, uint64_t now);
 
-/* Sleeps until a connection is ready, extra_fd (-1: none) is readable, a
- * transfer's timer expires or timeout_ms passes. 0 or -errno. Call
+/* Sleeps until a connection is ready, extra_fd (-1: none) has been written
+ * to (edge-triggered: each write of an eventfd wakes one wait, whether or not
+ * anybody drains it), a transfer's timer expires or timeout_ms passes. 0 or
+ * -errno. Call
  * tpo_h1_run() between two waits, idle or not: it reads what woke this one
  * (a server closing an idle connection) and retires expired timers, which
  * would otherwise end every later wait at once. */

@@ -1239,8 +1239,10 @@ static int up_wait(void *w, int bell, int timeout_ms)
 	int n;
 	CURLMcode rc;
 
-	if (!u->multi)
-		return tpo_h1_wait(u->h1, bell, timeout_ms);
+	if (!u->multi) {
+		int err = tpo_h1_wait(u->h1, bell, timeout_ms);
+		return err < 0 ? err : 1;   /* bell is edge-triggered there */
+	}
 	if (bell >= 0)
 		wfd[nw++] = (struct curl_waitfd){ .fd = bell, .events = CURL_WAIT_POLLIN };
 	if (u->h1) {

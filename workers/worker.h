@@ -69,7 +69,8 @@ struct tpo_worker_ops {
 	 * transfer, delivering callbacks. */
 	void (*drive)(void *w, uint64_t now_ns);
 	/* Sleeps until a worker socket is ready, bell (an eventfd, -1: none) is
-	 * readable, or timeout_ms passes. 0 or -errno. */
+	 * readable, or timeout_ms passes. 0; 1 if it watched bell edge-triggered
+	 * (the caller need not drain it: every ring wakes it once); or -errno. */
 	int (*wait)(void *w, int bell, int timeout_ms);
 	/* Releases the worker (every job cancelled first). */
 	void (*destroy)(void *w);
