@@ -368,6 +368,61 @@ Test(front, shed_drop_oldest)
 	h_stop(&in);
 }
 
+/*
+ * A request in inference that has not said a word yet (tpo-infer publishes
+ * its BEGIN without waking post, and pays that wake-up within 1 ms) must
+ * still reach the front as "in inference": drop_oldest sheds the queued one.
+ */
+Test(front, drop_oldest_spares_a_silent_inference)
+{
+	struct h_conn a, b, c;
+	struct tpo_stats st;
+	struct tpo_proc_snapshot p;
+	char body[512];
+	uint64_t end;
+
+	h_start(&in, "dropsil",
+		"{\"lanes\": 1, \"admission\": {\"max_inflight_per_lane\": 2, "
+		"\"policy\": \"drop_oldest\"}, \"stages\": {\"infer\": {\"max_inflight\": 1}}}");
+	h_stats_attach(&in, &st);
+	/* A: in inference, silent (the mock never answers it). */
+	h_chat_body(body, sizeof(body), "A [[tpo:stall]]", 0, NULL);
+	h_begin(&a, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+	/* The front records its queue wait when A's BEGIN reaches it. */
+	end = h_now_ms() + H_HANG_MS;
+	while (tpo_hist_count(tpo_stats_hist(&st, TPO_STAGE_STREAM, 0, TPO_STATS_QUEUE_WAIT)) < 1 &&
+	       h_now_ms() < end)
+		h_sleep_ms(5);
+	cr_assert_eq(tpo_hist_count(tpo_stats_hist(&st, TPO_STAGE_STREAM, 0, TPO_STATS_QUEUE_WAIT)), 1,
+		     "A's BEGIN never reached the front");
+	/* B: admitted, waiting for the only inference slot. */
+	h_chat_body(body, sizeof(body), "B [[tpo:tokens=2]]", 0, NULL);
+	h_begin(&b, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+	end = h_now_ms() + H_HANG_MS;
+	do {
+		h_proc(&st, TPO_STAGE_STREAM, 0, &p);
+		if (p.in_flight == 2)
+			break;
+		h_sleep_ms(5);
+	} while (h_now_ms() < end);
+	cr_assert_eq(p.in_flight, 2, "B was not admitted");
+	/* C: the lane is full; B is shed, not A. */
+	h_chat_body(body, sizeof(body), "C [[tpo:tokens=3]]", 0, NULL);
+	h_begin(&c, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+	cr_assert_eq(h_read_head(&b), 0);
+	cr_assert_eq(b.status, 503, "B: status %d", b.status);
+	/* A leaves: its slot goes to C. */
+	h_conn_free(&a);
+	cr_assert_eq(h_read_head(&c), 0);
+	cr_assert_eq(c.status, 200, "C: status %d", c.status);
+	h_proc(&st, TPO_STAGE_STREAM, 0, &p);
+	cr_assert_eq(p.shed_drop_oldest, 1);
+	h_conn_free(&b);
+	h_conn_free(&c);
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
+
 Test(front, deadline_before_and_during_streaming)
 {
 	struct h_conn c;
