@@ -49,6 +49,7 @@ struct req {
 	uint32_t in_seq;             /* infer's numbering: last TOKEN taken */
 	uint32_t tokens;             /* TOKEN records received */
 	uint32_t max_tokens;
+	uint32_t asked_max;          /* max_tokens the model was asked for (0: none) */
 	uint32_t prompt_tokens;
 	uint32_t fnext;              /* next free entry, while free */
 	struct tpo_utf8_joiner utf8;
@@ -254,7 +255,12 @@ static int finish(struct tpo_stage *st, struct req *r, uint32_t finish_reason,
 	e.completion_tokens = r->tokens;
 	if (in_end && !stop_done(r) && in_end->completion_tokens > r->tokens)
 		e.completion_tokens = in_end->completion_tokens;
-	e.flags = in_end ? 0 : TPO_END_EARLY;
+	/* Ended here before the model's own END: the front cancels the job
+	 * down the lane; not when the answer ends at the length the model was
+	 * asked for, where it stops by itself (its END follows and is dropped;
+	 * one that ignores max_tokens is bounded by infer's timeouts). */
+	e.flags = in_end || (finish_reason == TPO_FINISH_LENGTH && !stop_done(r) &&
+			     r->asked_max && r->tokens >= r->asked_max) ? 0 : TPO_END_EARLY;
 	r->done = 1;
 	tpo_stats_count_out(&st->stats, st->stage, st->lane, 1);
 	return tpo_stage_emit(st, tpo_stage_out_for(st, r->origin), TPO_MSG_END, r->id,
@@ -351,6 +357,7 @@ static int on_record(struct tpo_stage *st, int in, const struct tpo_rec *rec)
 						    "too many requests in flight in this lane");
 		r->origin = rec->aux;
 		r->max_tokens = m->max_tokens && m->max_tokens < cap ? m->max_tokens : cap;
+		r->asked_max = m->max_tokens;
 		r->prompt_tokens = m->prompt_tokens;
 		tpo_utf8_joiner_init(&r->utf8);
 		free(r->stop);

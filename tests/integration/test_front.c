@@ -754,6 +754,49 @@ Test(front, max_tokens_length)
 	h_stop(&in);
 }
 
+/*
+ * An answer that ends at the max_tokens the model was asked for ends there
+ * by itself: post's END is not "early", and the front sends no CANCEL down
+ * the lane for it (three wake-ups saved per length-limited answer).
+ */
+static int ring_from(struct tpo_stats *st, int stage, struct tpo_ring_snapshot *out)
+{
+	for (int i = 0; i < TPO_MAX_RINGS; i++)
+		if (tpo_stats_read_ring(st, i, out) == 0 && (int)out->from_stage == stage)
+			return i;
+	return -1;
+}
+
+Test(front, length_at_asked_max_sends_no_cancel)
+{
+	struct tpo_stats st;
+	struct tpo_ring_snapshot r;
+	char text[8192], fin[32];
+	int64_t usage;
+	uint64_t end;
+
+	h_start(&in, "nocan",
+		"{\"lanes\": 1, \"stages\": {\"infer\": {\"mock\": {\"tokens_per_second\": 0}}}}");
+	h_stats_attach(&in, &st);
+	cr_assert_eq(chat_stream("limit me [[tpo:tokens=10]]", "\"max_tokens\":3", text,
+				 sizeof(text), fin, sizeof(fin), &usage), 3);
+	cr_assert_str_eq(fin, "length");
+	cr_assert_eq(chat_text("then this [[tpo:tokens=2]]", NULL, text, sizeof(text), fin,
+			       sizeof(fin)), 2);
+	/* rag publishes its input ring's counters every ~50 ms of activity. */
+	end = h_now_ms() + H_HANG_MS;
+	do {
+		cr_assert_geq(ring_from(&st, TPO_STAGE_STREAM, &r), 0);
+		if (r.dequeued >= 2 && r.enqueued == r.dequeued)
+			break;
+		h_sleep_ms(20);
+	} while (h_now_ms() < end);
+	cr_assert_eq(r.enqueued, 2, "records sent down the lane for two requests: %llu",
+		     (unsigned long long)r.enqueued);
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
+
 Test(front, utf8_split_tokens)
 {
 	char text[8192], fin[32];
