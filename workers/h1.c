@@ -320,12 +320,10 @@ static int resend_fresh(struct tpo_h1 *h, struct h1_conn *c)
 
 /* In run(): err < 0 from a resend means x has no connection any more: it
  * fails (in tpo_h1_start the error is returned instead). */
-static void lost_if(struct tpo_h1 *h, struct tpo_h1_xfer *x, const struct tpo_h1_target *t,
-		    int err)
+static void lost_if(struct tpo_h1_xfer *x, const struct tpo_h1_target *t, int err)
 {
 	char msg[160];
 
-	(void)h;
 	if (err >= 0 || x->conn)
 		return;
 	snprintf(msg, sizeof(msg), "could not open a new connection to %s: %s", t->name,
@@ -338,7 +336,7 @@ static void resend_or_fail(struct tpo_h1 *h, struct h1_conn *c)
 	struct tpo_h1_xfer *x = c->x;            /* resend_fresh retires c */
 	const struct tpo_h1_target *t = c->t;
 
-	lost_if(h, x, t, resend_fresh(h, c));
+	lost_if(x, t, resend_fresh(h, c));
 }
 
 static int start_send(struct tpo_h1 *h, struct h1_conn *c)
@@ -544,7 +542,7 @@ static void on_writable(struct tpo_h1 *h, struct h1_conn *c)
 	{
 		struct tpo_h1_xfer *x = c->x;        /* start_send may retire c */
 		const struct tpo_h1_target *t = c->t;
-		lost_if(h, x, t, start_send(h, c));
+		lost_if(x, t, start_send(h, c));
 	}
 }
 
@@ -641,12 +639,11 @@ static int same_peer(const struct tpo_h1_target *a, const struct tpo_h1_target *
 	return a == b || (a->addrlen == b->addrlen && !memcmp(&a->addr, &b->addr, a->addrlen));
 }
 
-int tpo_h1_start(struct tpo_h1 *h, struct tpo_h1_xfer *x, uint64_t now)
+int tpo_h1_start(struct tpo_h1 *h, struct tpo_h1_xfer *x)
 {
 	struct h1_conn *c;
 	int err;
 
-	(void)now;
 	x->status = 0;
 	x->ctype[0] = 0;
 	x->retry_after_ms = -1;
@@ -735,20 +732,7 @@ int tpo_h1_wait(struct tpo_h1 *h, int extra_fd, int timeout_ms)
 			h->extra = extra_fd;
 		}
 	}
-	if (h->nfailed)
-		timeout_ms = 0;
-	if (h->next_due && timeout_ms != 0) {
-		struct timespec ts;
-		uint64_t now;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-		if (h->next_due && h->next_due <= now)
-			timeout_ms = 0;
-		else if (h->next_due && (timeout_ms < 0 ||
-					 (h->next_due - now + 999999) / 1000000 < (uint64_t)timeout_ms))
-			timeout_ms = (int)((h->next_due - now + 999999) / 1000000);
-	}
-	n = epoll_wait(h->ep, h->ev, EV_MAX, timeout_ms);
+	n = epoll_wait(h->ep, h->ev, EV_MAX, tpo_h1_timeout(h, timeout_ms));
 	if (n < 0) {
 		if (errno != EINTR)
 			return -errno;
@@ -764,9 +748,21 @@ int tpo_h1_fd(const struct tpo_h1 *h)
 	return h->ep;
 }
 
-uint64_t tpo_h1_next_due(struct tpo_h1 *h)
+int tpo_h1_timeout(const struct tpo_h1 *h, int timeout_ms)
 {
-	return h->nfailed ? 1 : h->next_due;
+	struct timespec ts;
+	uint64_t now, left;
+
+	if (h->nfailed)
+		return 0;
+	if (!h->next_due || timeout_ms == 0)
+		return timeout_ms;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	if (h->next_due <= now)
+		return 0;
+	left = (h->next_due - now + 999999) / 1000000;
+	return timeout_ms < 0 || left < (uint64_t)timeout_ms ? (int)left : timeout_ms;
 }
 
 unsigned tpo_h1_running(const struct tpo_h1 *h)

@@ -94,7 +94,7 @@ void tpo_h1_free(struct tpo_h1 *h);
 
 /* Starts x (connects or takes an idle connection, sends what it can).
  * 0, or -errno: then done() is not called. */
-int tpo_h1_start(struct tpo_h1 *h, struct tpo_h1_xfer *x, uint64_t now);
+int tpo_h1_start(struct tpo_h1 *h, struct tpo_h1_xfer *x);
 
 /* Stops x without done(): its connection is kept if the response had
  * ended, else closed (so the server stops generating). A no-op for a
@@ -118,8 +118,9 @@ int tpo_h1_wait(struct tpo_h1 *h, int extra_fd, int timeout_ms);
  * together with other fds; then the next tpo_h1_run polls it itself. */
 int tpo_h1_fd(const struct tpo_h1 *h);
 
-/* The earliest timer of a running transfer (ns), 0: none. */
-uint64_t tpo_h1_next_due(struct tpo_h1 *h);
+/* timeout_ms (-1: none) shortened to the earliest timer of a running
+ * transfer; 0 if one is due or a failure waits for tpo_h1_run. */
+int tpo_h1_timeout(const struct tpo_h1 *h, int timeout_ms);
 
 /* Transfers running (drains included). */
 unsigned tpo_h1_running(const struct tpo_h1 *h);

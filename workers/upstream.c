@@ -1065,7 +1065,7 @@ static int launch(struct tpo_up_call *c, uint64_t now)
 		x->done = on_h1_done;
 		x->arg = h;
 		h->via_h1 = 1;
-		err = tpo_h1_start(u->h1, x, now);
+		err = tpo_h1_start(u->h1, x);
 		if (err < 0)
 			goto fail;
 	} else {
@@ -1247,13 +1247,9 @@ static int up_wait(void *w, int bell, int timeout_ms)
 		wfd[nw++] = (struct curl_waitfd){ .fd = bell, .events = CURL_WAIT_POLLIN };
 	if (u->h1) {
 		/* Both clients: ours is one more fd to curl, its timers ours. */
-		uint64_t due = tpo_h1_next_due(u->h1), now = tpo_now_ns();
 		wfd[nw++] = (struct curl_waitfd){ .fd = tpo_h1_fd(u->h1),
 						  .events = CURL_WAIT_POLLIN };
-		if (due && due <= now)
-			timeout_ms = 0;
-		else if (due && (due - now) / MS < (uint64_t)timeout_ms)
-			timeout_ms = (int)((due - now + MS - 1) / MS);
+		timeout_ms = tpo_h1_timeout(u->h1, timeout_ms);
 	}
 	rc = curl_multi_poll(u->multi, nw ? wfd : NULL, nw, timeout_ms, &n);
 	return rc == CURLM_OK ? 0 : -EIO;
