@@ -3,6 +3,7 @@
  * real stage processes and rings, real HTTP on 127.0.0.1.
  */
 #include "tests/integration/harness.h"
+#include "tests/lib/proc.h"
 
 #define FAST_CFG \
 	"{\"lanes\": 2, \"restart\": {\"base_ms\": 10}," \
@@ -472,23 +473,6 @@ Test(front, deadline_before_and_during_streaming)
 	cr_assert_lt(content, 200);
 	h_conn_free(&c);
 	h_stop(&in);
-}
-
-/* voluntary_ctxt_switches of pid (times it went to sleep), or -1. */
-static long sleeps_of(pid_t pid)
-{
-	char path[64], line[256];
-	long n = -1;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	if (!(f = fopen(path, "r")))
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "voluntary_ctxt_switches: %ld", &n) == 1)
-			break;
-	fclose(f);
-	return n;
 }
 
 /*

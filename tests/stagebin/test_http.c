@@ -21,6 +21,7 @@
 #include <arpa/inet.h>
 
 #include "stagebin/http.h"
+#include "tests/lib/proc.h"
 
 /* ---- server thread ----------------------------------------------------- */
 
@@ -1158,15 +1159,9 @@ Test(http, slow_reader_gets_every_byte)
 
 static long vm_rss_kib(void)
 {
-	char line[256];
-	long kib = -1;
-	FILE *f = fopen("/proc/self/status", "r");
+	long kib = proc_status(0, "VmRSS");
 
-	cr_assert(f);
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "VmRSS: %ld", &kib) == 1)
-			break;
-	fclose(f);
+	cr_assert_gt(kib, 0);
 	return kib;
 }
 

@@ -10,6 +10,7 @@
  * both clients.
  */
 #include "tests/integration/harness.h"
+#include "tests/lib/proc.h"
 
 #ifndef UP_HOST
 #define UP_HOST "127.0.0.1"
@@ -744,23 +745,6 @@ Test(upstream, reused_handle_after_success_switches_kind)
 	cr_assert(strstr(out, "\"path\":\"/v1/chat/completions\""), "%s", out);
 	cr_assert_eq(srv_conns(), 1, "the calls did not share one connection");
 	h_stop(&in);
-}
-
-/* Times process pid went to sleep (voluntary context switches), -1: gone. */
-static long sleeps_of(pid_t pid)
-{
-	char path[64], line[256];
-	long n = -1;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	if (!(f = fopen(path, "r")))
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "voluntary_ctxt_switches: %ld", &n) == 1)
-			break;
-	fclose(f);
-	return n;
 }
 
 /*
