@@ -154,7 +154,13 @@ static int futex_wake(_Atomic uint32_t *flag)
 
 static int wake_consumer(struct tpo_ring *r, uint32_t flag)
 {
+	/* Rung once per sleep: more commits before the consumer runs (a batch
+	 * too long for one commit) would each cost a write(2) for nothing. */
 	if (flag == TPO_SLEEP_BELL && r->peer_bell >= 0) {
+		if (!atomic_compare_exchange_strong_explicit(&r->shm->cons_sleeping, &flag,
+							     TPO_SLEEP_RUNG, memory_order_seq_cst,
+							     memory_order_relaxed))
+			return 0;
 		tpo_bell_ring(r->peer_bell);
 		return 1;
 	}

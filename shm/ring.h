@@ -26,7 +26,8 @@
  *   160     32    -           padding to the cache line
  *   192     4     producer    prod_sleeping: producer waits for space
  *   196     4     consumer    cons_sleeping: consumer waits for records
- *                             (TPO_SLEEP_*; the producer moves FUTEX to WOKEN)
+ *                             (TPO_SLEEP_*; the producer that wakes it moves
+ *                             FUTEX to WOKEN, BELL to RUNG)
  *   200     56    -           padding to the cache line
  *   256     cap   producer    data: records, 8-byte aligned
  *
@@ -79,7 +80,8 @@ enum {
 	TPO_SLEEP_AWAKE = 0,
 	TPO_SLEEP_BELL = 1,     /* asleep on its doorbell (tpo_ring_sleep_begin) */
 	TPO_SLEEP_FUTEX = 2,    /* asleep on the flag itself (tpo_ring_wait) */
-	TPO_SLEEP_WOKEN = 3     /* moved from FUTEX by the producer that woke it */
+	TPO_SLEEP_WOKEN = 3,    /* moved from FUTEX by the producer that woke it */
+	TPO_SLEEP_RUNG = 4      /* moved from BELL by the producer that rang it */
 };
 
 /* Record types. 0 is never valid (zeroed memory must look corrupt). */

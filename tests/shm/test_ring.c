@@ -568,6 +568,11 @@ Test(ring, doorbell_only_when_sleeping)
 	cr_assert_eq(tpo_ring_reserve(&p, 8, &w), 0);
 	w->type = TPO_REC_USER;
 	cr_assert_eq(tpo_ring_commit(&p), 1, "did not ring a sleeping consumer");
+	cr_assert_eq(s->cons_sleeping, TPO_SLEEP_RUNG);
+	/* Once per sleep: a second commit before the consumer runs does not. */
+	cr_assert_eq(tpo_ring_reserve(&p, 8, &w), 0);
+	w->type = TPO_REC_USER;
+	cr_assert_eq(tpo_ring_commit(&p), 0, "rang twice in one sleep");
 	cr_assert_eq(tpo_bell_drain(bell), 1);
 	cr_assert_eq(tpo_bell_drain(bell), 0);
 	tpo_ring_sleep_end(set, 1);
@@ -580,6 +585,7 @@ Test(ring, doorbell_only_when_sleeping)
 	/* A sleeping consumer but no bell (-1): never rings. */
 	struct tpo_ring p2;
 	cr_assert_eq(tpo_ring_open_producer(&p2, m, -1), 0);
+	cr_assert_eq(tpo_ring_peek_batch(&c, &h, 1), 1);
 	cr_assert_eq(tpo_ring_peek_batch(&c, &h, 1), 1);
 	cr_assert_eq(tpo_ring_peek_batch(&c, &h, 1), 1);
 	tpo_ring_release(&c);
