@@ -796,6 +796,8 @@ static void on_record(int lane, const struct tpo_rec *rec)
 	}
 }
 
+#define DRAIN_BATCHES 4
+
 static int drain_rings(void)
 {
 	const struct tpo_rec *recs[64];
@@ -803,16 +805,23 @@ static int drain_rings(void)
 
 	for (int k = 0; k < st.nin; k++) {
 		struct tpo_ring *ring = &st.in[k];
-		int n = tpo_ring_peek_batch(ring, recs, 64);
-		if (n < 0) {
-			tpo_log(LOG_CRIT, "fatal: ring from post[%d] is corrupt", k);
-			return n;
+		/* A few batches before the sends (uncork_all): the 66 records of
+		 * a 64-token answer leave in one send(2), not two, while sockets
+		 * still wait at most DRAIN_BATCHES batches for their events. */
+		for (int b = 0; b < DRAIN_BATCHES; b++) {
+			int n = tpo_ring_peek_batch(ring, recs, 64);
+			if (n < 0) {
+				tpo_log(LOG_CRIT, "fatal: ring from post[%d] is corrupt", k);
+				return n;
+			}
+			for (int i = 0; i < n; i++)
+				on_record(k, recs[i]);
+			if (n)
+				tpo_ring_release(ring);
+			total += n;
+			if (n < 64)
+				break;
 		}
-		for (int i = 0; i < n; i++)
-			on_record(k, recs[i]);
-		if (n)
-			tpo_ring_release(ring);
-		total += n;
 	}
 	uncork_all();
 	return total;
