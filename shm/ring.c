@@ -136,9 +136,10 @@ int tpo_ring_open_consumer(struct tpo_ring *r, void *mem, int peer_bell)
 /*
  * A consumer asleep on its flag (TPO_SLEEP_FUTEX) is woken by moving the
  * flag to TPO_SLEEP_WOKEN and a FUTEX_WAKE on it: its futex_waitv returns at
- * once if the move came first. Only a sleeper stores 0, 1 or 2, so a late
- * move by a producer that saw an earlier sleep can only cut a later sleep
- * short (a spurious wake-up), never make one last.
+ * once if the move came first. Only a sleeper stores AWAKE, BELL or FUTEX,
+ * and a producer only moves FUTEX to WOKEN or BELL to RUNG, so a late move
+ * by a producer that saw an earlier sleep can only cut a later sleep short
+ * (a spurious wake-up), never make one last.
  */
 static int futex_wake(_Atomic uint32_t *flag)
 {

@@ -96,7 +96,8 @@ static void mark_done(struct tpo_rec *rec)
  * sheds only requests not in inference).
  */
 #define BEGIN_DEFER_NS 1000000ull
-static uint32_t begins_unflushed;
+static uint32_t begins_unflushed;  /* BEGINs reserved since the last flush_out */
+static uint64_t records_at_flush;  /* st.out[0].records then */
 static uint64_t wake_owed_ns;
 
 static void flush_out(uint64_t now)
@@ -105,7 +106,10 @@ static void flush_out(uint64_t now)
 	uint64_t pending = r->records -
 		atomic_load_explicit(&r->shm->prod_records, memory_order_relaxed);
 
-	if (pending && pending == begins_unflushed) {
+	/* Counted since the last flush_out, not from what is uncommitted: a
+	 * full ring commits inside tpo_stage_reserve, and what it leaves may
+	 * be a BEGIN and an answer. */
+	if (pending && r->records - records_at_flush == begins_unflushed) {
 		tpo_ring_commit_quiet(r);
 		if (!wake_owed_ns)
 			wake_owed_ns = now;
@@ -114,6 +118,7 @@ static void flush_out(uint64_t now)
 		wake_owed_ns = 0;
 	}
 	begins_unflushed = 0;
+	records_at_flush = r->records;
 	if (wake_owed_ns && now - wake_owed_ns >= BEGIN_DEFER_NS) {
 		tpo_ring_nudge(r);
 		wake_owed_ns = 0;
