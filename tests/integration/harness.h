@@ -817,6 +817,21 @@ H_FN void h_proc(const struct tpo_stats *st, int stage, int lane, struct tpo_pro
 	cr_assert_eq(err, 0, "read proc %d/%d: %d", stage, lane, err);
 }
 
+/* Polls a process slot until want requests are in flight there (or H_HANG_MS
+ * passes); returns the last count seen, for the caller to assert on. */
+H_FN int64_t h_wait_in_flight(const struct tpo_stats *st, int stage, int lane, int64_t want)
+{
+	uint64_t end = h_now_ms() + H_HANG_MS;
+	struct tpo_proc_snapshot p;
+
+	for (;;) {
+		h_proc(st, stage, lane, &p);
+		if (p.in_flight == want || h_now_ms() >= end)
+			return p.in_flight;
+		h_sleep_ms(5);
+	}
+}
+
 H_FN void h_info(const struct tpo_stats *st, struct tpo_stats_info *info)
 {
 	uint64_t end = h_now_ms() + H_HANG_MS;

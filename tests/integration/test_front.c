@@ -315,13 +315,29 @@ Test(front, shed_reject_new)
 	h_stop(&in);
 }
 
+/*
+ * drop_oldest with a one-slot lane of budget 2 whose slot A holds: B is
+ * admitted and waits for inference; C finds the lane full, and B (the
+ * oldest request not in inference) is shed with 503, C admitted.
+ */
+static void admit_b_then_shed_it(struct tpo_stats *st, struct h_conn *b, struct h_conn *c)
+{
+	char body[512];
+
+	h_chat_body(body, sizeof(body), "B [[tpo:tokens=2]]", 0, NULL);
+	h_begin(b, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+	cr_assert_eq(h_wait_in_flight(st, TPO_STAGE_STREAM, 0, 2), 2, "B was not admitted");
+	h_chat_body(body, sizeof(body), "C [[tpo:tokens=3]]", 0, NULL);
+	h_begin(c, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+	cr_assert_eq(h_read_head(b), 0);
+	cr_assert_eq(b->status, 503, "B: status %d", b->status);
+}
+
 Test(front, shed_drop_oldest)
 {
 	struct h_conn a, b, c;
 	struct tpo_stats st;
 	struct tpo_proc_snapshot p;
-	char body[512];
-	uint64_t end;
 
 	h_start(&in, "drop",
 		"{\"lanes\": 1, \"admission\": {\"max_inflight_per_lane\": 2, "
@@ -329,22 +345,7 @@ Test(front, shed_drop_oldest)
 	h_stats_attach(&in, &st);
 	/* A: in inference (it streams). */
 	slow_stream(&a, "A [[tpo:tps=10]] [[tpo:tokens=20]]");
-	/* B: admitted, waiting for the only inference slot. */
-	h_chat_body(body, sizeof(body), "B [[tpo:tokens=2]]", 0, NULL);
-	h_begin(&b, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
-	end = h_now_ms() + H_HANG_MS;
-	do {
-		h_proc(&st, TPO_STAGE_STREAM, 0, &p);
-		if (p.in_flight == 2)
-			break;
-		h_sleep_ms(5);
-	} while (h_now_ms() < end);
-	cr_assert_eq(p.in_flight, 2, "B was not admitted");
-	/* C: the lane is full; B (oldest not in inference) is shed, C admitted. */
-	h_chat_body(body, sizeof(body), "C [[tpo:tokens=3]]", 0, NULL);
-	h_begin(&c, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
-	cr_assert_eq(h_read_head(&b), 0);
-	cr_assert_eq(b.status, 503, "B: status %d", b.status);
+	admit_b_then_shed_it(&st, &b, &c);
 	cr_assert_eq(h_read_body(&b), 0);
 	h_assert_oai_error(b.body, NULL);
 	/* A was in inference: untouched (its first chunk was read already). */
@@ -396,22 +397,7 @@ Test(front, drop_oldest_spares_a_silent_inference)
 		h_sleep_ms(5);
 	cr_assert_eq(tpo_hist_count(tpo_stats_hist(&st, TPO_STAGE_STREAM, 0, TPO_STATS_QUEUE_WAIT)), 1,
 		     "A's BEGIN never reached the front");
-	/* B: admitted, waiting for the only inference slot. */
-	h_chat_body(body, sizeof(body), "B [[tpo:tokens=2]]", 0, NULL);
-	h_begin(&b, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
-	end = h_now_ms() + H_HANG_MS;
-	do {
-		h_proc(&st, TPO_STAGE_STREAM, 0, &p);
-		if (p.in_flight == 2)
-			break;
-		h_sleep_ms(5);
-	} while (h_now_ms() < end);
-	cr_assert_eq(p.in_flight, 2, "B was not admitted");
-	/* C: the lane is full; B is shed, not A. */
-	h_chat_body(body, sizeof(body), "C [[tpo:tokens=3]]", 0, NULL);
-	h_begin(&c, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
-	cr_assert_eq(h_read_head(&b), 0);
-	cr_assert_eq(b.status, 503, "B: status %d", b.status);
+	admit_b_then_shed_it(&st, &b, &c);
 	/* A leaves: its slot goes to C. */
 	h_conn_free(&a);
 	cr_assert_eq(h_read_head(&c), 0);
@@ -530,7 +516,6 @@ Test(front, client_disconnect_cancels_inference)
 	struct tpo_stats st;
 	struct tpo_proc_snapshot p;
 	char body[512], ev[8192];
-	uint64_t end;
 	int lane;
 
 	h_start(&in, "disc", FAST_CFG);
@@ -550,14 +535,7 @@ Test(front, client_disconnect_cancels_inference)
 		setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 	}
 	h_conn_free(&c);
-	end = h_now_ms() + H_HANG_MS;
-	do {
-		h_proc(&st, TPO_STAGE_INFER, lane, &p);
-		if (p.in_flight == 0)
-			break;
-		h_sleep_ms(10);
-	} while (h_now_ms() < end);
-	cr_assert_eq(p.in_flight, 0, "infer still runs the abandoned request");
+	cr_assert_eq(h_wait_in_flight(&st, TPO_STAGE_INFER, lane, 0), 0, "infer still runs the abandoned request");
 	h_proc(&st, TPO_STAGE_STREAM, 0, &p);
 	cr_assert_eq(p.in_flight, 0);
 	tpo_stats_close(&st);
@@ -973,9 +951,7 @@ Test(front, client_disconnect_cancels_when_infer_is_full)
 {
 	struct h_conn a, b;
 	struct tpo_stats st;
-	struct tpo_proc_snapshot p;
 	char body[512];
-	uint64_t end;
 
 	h_start(&in, "discfull",
 		"{\"lanes\": 1, \"stages\": {\"infer\": {\"max_inflight\": 1}}}");
@@ -985,14 +961,7 @@ Test(front, client_disconnect_cancels_when_infer_is_full)
 	/* B's deadline keeps a failure short (504 instead of a hang). */
 	h_begin(&b, in.port, "POST", "/v1/chat/completions", "X-Request-Timeout: 5s\r\n", body,
 		strlen(body));
-	end = h_now_ms() + H_HANG_MS;
-	do {
-		h_proc(&st, TPO_STAGE_STREAM, 0, &p);
-		if (p.in_flight == 2)
-			break;
-		h_sleep_ms(5);
-	} while (h_now_ms() < end);
-	cr_assert_eq(p.in_flight, 2);
+	cr_assert_eq(h_wait_in_flight(&st, TPO_STAGE_STREAM, 0, 2), 2);
 	h_conn_free(&a);
 	cr_assert_eq(h_read_head(&b), 0);
 	cr_assert_eq(h_read_body(&b), 0);
@@ -1010,9 +979,7 @@ Test(front, early_end_in_post_stops_inference)
 {
 	struct h_conn c;
 	struct tpo_stats st;
-	struct tpo_proc_snapshot p;
 	char body[512];
-	uint64_t end;
 	int lane;
 
 	h_start(&in, "early",
@@ -1025,14 +992,7 @@ Test(front, early_end_in_post_stops_inference)
 	cr_assert(strstr(c.body, "\"finish_reason\":\"length\""), "%s", c.body);
 	lane = h_lane(&c);
 	h_conn_free(&c);
-	end = h_now_ms() + H_HANG_MS;
-	do {
-		h_proc(&st, TPO_STAGE_INFER, lane, &p);
-		if (p.in_flight == 0)
-			break;
-		h_sleep_ms(10);
-	} while (h_now_ms() < end);
-	cr_assert_eq(p.in_flight, 0, "infer still generates an answer post has ended");
+	cr_assert_eq(h_wait_in_flight(&st, TPO_STAGE_INFER, lane, 0), 0, "infer still generates an answer post has ended");
 	tpo_stats_close(&st);
 	h_stop(&in);
 }

@@ -169,17 +169,24 @@ static void chat_broken(const char *content, int *ncontent, int *errors, char *l
 	h_conn_free(&c);
 }
 
-static int srv_count(const char *key)
+/* GET /WHAT?key=KEY of the scripted server: its {"WHAT":N}. */
+static int srv_int(const char *what, const char *key)
 {
 	struct h_conn c;
-	char path[128];
+	char path[128], fmt[64];
 	int n;
 
-	snprintf(path, sizeof(path), "/count?key=%s", key);
+	snprintf(path, sizeof(path), "/%s?key=%s", what, key);
+	snprintf(fmt, sizeof(fmt), "{\"%s\":%%d}", what);
 	h_http(&c, srv_port, "GET", path, NULL, NULL);
-	cr_assert(sscanf(c.body, "{\"count\":%d}", &n) == 1, "%s", c.body);
+	cr_assert(sscanf(c.body, fmt, &n) == 1, "%s", c.body);
 	h_conn_free(&c);
 	return n;
+}
+
+static int srv_count(const char *key)
+{
+	return srv_int("count", key);
 }
 
 static void srv_last(char *out, size_t cap)
@@ -808,15 +815,7 @@ static int maps_contain(pid_t pid, const char *what)
 
 static int srv_held(const char *key)
 {
-	struct h_conn c;
-	char path[128];
-	int n;
-
-	snprintf(path, sizeof(path), "/held?key=%s", key);
-	h_http(&c, srv_port, "GET", path, NULL, NULL);
-	cr_assert(sscanf(c.body, "{\"held\":%d}", &n) == 1, "%s", c.body);
-	h_conn_free(&c);
-	return n;
+	return srv_int("held", key);
 }
 
 
