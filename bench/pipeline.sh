@@ -64,19 +64,7 @@ SUP_PID= SERVE_PID= MOCK_PID= KILLER_PID= LOAD_PID=
 log() { printf 'pipeline: %s\n' "$*" >&2; }
 skipped() { case $SKIP in *" $1 "*) return 0 ;; esac; return 1; }
 
-stop_pid() {  # pid: TERM, wait up to 15 s, then KILL
-	local p=$1 i
-	[ -n "$p" ] || return 0
-	kill -0 "$p" 2>/dev/null || { wait "$p" 2>/dev/null; return 0; }
-	kill -TERM "$p" 2>/dev/null
-	for i in $(seq 150); do
-		kill -0 "$p" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$p" 2>/dev/null
-	wait "$p" 2>/dev/null
-	return 0
-}
+. "$ROOT/bench/lib.sh"   # stop_pid, free_port
 
 cleanup() {
 	stop_pid "$KILLER_PID"; stop_pid "$LOAD_PID"
@@ -121,10 +109,6 @@ skipped memory || need ss iproute2 required   # scenario 6 counts open streams w
 need shuf coreutils required
 # TPO_BENCH_PLOTS=0: no plots, and no gnuplot installed for them
 [ "${TPO_BENCH_PLOTS:-1}" = 0 ] || need gnuplot gnuplot-nox optional
-
-free_port() {
-	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 # field FILE... EXPR: median over the JSON files of a python expression on d
 median() {

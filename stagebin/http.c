@@ -60,6 +60,7 @@
 #define OBUF_MIN    4096u
 #define OPOOL_MAX   64      /* drained OBUF_MIN buffers kept for reuse */
 #define BODY_MIN    4096u
+#define BODY_KEEP   16384u  /* a spare msg keeps a body buffer this big */
 #define ERR_MSG_MAX 512
 
 enum phase { PH_FREE, PH_IDLE, PH_HEAD, PH_BODY, PH_ACTIVE, PH_CLOSING, PH_ZOMBIE };
@@ -148,6 +149,7 @@ struct tpo_http_server {
 	uint32_t fq_head, fq_tail, fq_len; /* FIFO of recycled slots (fnext) */
 	char *rbuf;                     /* IBUF_SIZE: every read lands here */
 	char *opool[OPOOL_MAX];         /* drained output buffers, OBUF_MIN */
+	struct msg *spare;              /* the last ended request's, for the next */
 	uint32_t nopool;
 	struct list tl[TL_COUNT];
 	uint32_t tl_ms[TL_COUNT];
@@ -281,13 +283,27 @@ const char *tpo_http_reason(int status)
 
 /* ---- connection lifetime --------------------------------------------- */
 
+/* An ended request's msg stays as the server's spare (with its body
+ * buffer, up to BODY_KEEP): the next request allocates nothing. */
 static void msg_free(struct tpo_http_conn *c)
 {
-	if (c->m) {
-		free(c->m->body);
-		free(c->m);
-		c->m = NULL;
+	struct tpo_http_server *srv = c->srv;
+	struct msg *m = c->m;
+
+	if (!m)
+		return;
+	c->m = NULL;
+	if (m->bcap > BODY_KEEP) {
+		free(m->body);
+		m->body = NULL;
+		m->bcap = 0;
 	}
+	if (!srv->spare) {
+		srv->spare = m;
+		return;
+	}
+	free(m->body);
+	free(m);
 }
 
 /* A fresh parser too: each request starts one (the last stopped at its
@@ -296,11 +312,17 @@ static int msg_new(struct tpo_http_conn *c)
 {
 	const struct tpo_http_config *cfg = &c->srv->cfg;
 	size_t hcap = (size_t)cfg->max_header_bytes + 2u * cfg->max_headers + 8u;
-	struct msg *m;
+	struct msg *m = c->srv->spare;
+	char *body = NULL;
+	size_t bcap = 0;
 
-	m = malloc(sizeof(*m) + cfg->max_headers * sizeof(*m->hdrs) + hcap);
-	if (!m)
+	if (m) {
+		c->srv->spare = NULL;
+		body = m->body;
+		bcap = m->bcap;
+	} else if (!(m = malloc(sizeof(*m) + cfg->max_headers * sizeof(*m->hdrs) + hcap))) {
 		return -ENOMEM;
+	}
 	http_parser_init(&m->parser, HTTP_REQUEST);
 	m->parser.data = c;
 	memset(&m->req, 0, sizeof(m->req));
@@ -308,8 +330,9 @@ static int msg_new(struct tpo_http_conn *c)
 	m->hbuf = (char *)(m->hdrs + cfg->max_headers);
 	m->hcap = (uint32_t)hcap;
 	m->hlen = m->url_len = 0;
-	m->body = NULL;
-	m->blen = m->bcap = 0;
+	m->body = body;
+	m->blen = 0;
+	m->bcap = bcap;
 	c->m = m;
 	return 0;
 }
@@ -1004,10 +1027,12 @@ static int on_headers_complete(http_parser *p)
 				return -1;
 		}
 	}
-	if (has_body && m->bcap == 0 && (p->flags & F_CONTENTLENGTH)) {
-		m->body = malloc(p->content_length + 1);
-		if (!m->body)
+	if (has_body && (p->flags & F_CONTENTLENGTH) && m->bcap < p->content_length + 1) {
+		char *nb = realloc(m->body, p->content_length + 1);
+
+		if (!nb)
 			return fail(c, 503, "out of memory");
+		m->body = nb;
 		m->bcap = p->content_length + 1;
 	}
 	c->phase = PH_BODY;
@@ -1734,6 +1759,9 @@ void tpo_http_destroy(struct tpo_http_server *srv)
 	while (srv->nopool)
 		free(srv->opool[--srv->nopool]);
 	free(srv->rbuf);
+	if (srv->spare)
+		free(srv->spare->body);
+	free(srv->spare);
 	free(srv->conns);
 	free(srv);
 }

@@ -100,6 +100,13 @@ static char api_keys[4096];
 #define SLOT_BITS 20
 
 static struct sreq *free_head;
+/* Buffers of ended non-streamed answers, for the next ones: BODY_POOL of
+ * BODY_FIRST bytes (128 KiB) at most, so an answer allocates only when it
+ * outgrows its first buffer. */
+#define BODY_FIRST 4096u
+#define BODY_POOL  32
+static char *body_pool[BODY_POOL];
+static int nbody_pool;
 static uint32_t nslots, hwm;
 
 static void slot_put(struct sreq *r)
@@ -184,7 +191,10 @@ static void req_free(struct sreq *r)
 	/* A buffered answer is freed with its request: an idle front holds
 	 * nothing for the requests it has served. */
 	model_clear(r);
-	free(r->body);
+	if (r->body_cap == BODY_FIRST && nbody_pool < BODY_POOL)
+		body_pool[nbody_pool++] = r->body;
+	else
+		free(r->body);
 	r->body = NULL;
 	r->body_len = r->body_cap = 0;
 	slot_put(r);
@@ -604,13 +614,18 @@ static void cork(struct sreq *r, struct tpo_http_conn *c)
 /* Room for need more bytes of a non-streamed answer: 0 or -ENOMEM. */
 static int grow_body(struct sreq *r, size_t need)
 {
-	size_t cap = r->body_cap ? r->body_cap : 4096;
+	size_t cap = r->body_cap ? r->body_cap : BODY_FIRST;
 	char *b;
 
 	while (cap < r->body_len + need)
 		cap *= 2;
 	if (cap == r->body_cap)
 		return 0;
+	if (!r->body && cap == BODY_FIRST && nbody_pool) {
+		r->body = body_pool[--nbody_pool];
+		r->body_cap = cap;
+		return 0;
+	}
 	b = realloc(r->body, cap);
 	if (!b)
 		return -ENOMEM;

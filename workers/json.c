@@ -414,6 +414,15 @@ int tpo_json_validate(const char *js, size_t len, struct tpo_json_error *err)
 	return 0;
 }
 
+size_t tpo_json_string_end(const char *js, size_t len, size_t q)
+{
+	struct vstate v = { (const unsigned char *)js, len, q, NULL, NULL, 0, 0 };
+
+	if (q >= len || js[q] != '"' || vstring(&v, 0) < 0)
+		return (size_t)-1;
+	return v.pos - 1;
+}
+
 int tpo_json_tokenize(const char *js, size_t len, jsmntok_t **toks, struct tpo_json_error *err)
 {
 	jsmn_parser p;

@@ -36,6 +36,9 @@ struct tpo_json_error {
  * input is an error ("unexpected end of input").
  */
 int tpo_json_validate(const char *js, size_t len, struct tpo_json_error *err);
+/* The valid JSON string whose opening quote is js[q]: the index of its
+ * closing quote, or (size_t)-1 (not a string, or not a valid one). */
+size_t tpo_json_string_end(const char *js, size_t len, size_t q);
 
 /*
  * Validates, then tokenizes js[0..len) with jsmn into a malloc'd array

@@ -33,8 +33,8 @@ static int an_request(const struct tpo_up_req *r, struct tpo_buf *b)
 
 	err |= tpo_buf_str(b, "{\"model\":");
 	err |= tpo_buf_json_str(b, r->model, strlen(r->model));
-	err |= tpo_buf_printf(b, ",\"max_tokens\":%u",
-			      r->max_tokens ? r->max_tokens : ANTHROPIC_MAX_TOKENS);
+	err |= tpo_buf_u64(b, ",\"max_tokens\":",
+			   r->max_tokens ? r->max_tokens : ANTHROPIC_MAX_TOKENS);
 	err |= tpo_buf_str(b, ",\"messages\":[{\"role\":\"user\",\"content\":");
 	err |= tpo_buf_json_str(b, r->prompt, r->prompt_len);
 	err |= tpo_buf_str(b, r->stream ? "}],\"stream\":true}" : "}],\"stream\":false}");

@@ -33,10 +33,12 @@ static int lc_request(const struct tpo_up_req *r, struct tpo_buf *b)
 
 	err |= tpo_buf_str(b, "{\"prompt\":");
 	err |= tpo_buf_json_str(b, r->prompt, r->prompt_len);
-	err |= tpo_buf_printf(b, ",\"n_predict\":%ld", r->max_tokens ? (long)r->max_tokens : -1L);
-	err |= tpo_buf_printf(b, ",\"cache_prompt\":true,\"id_slot\":%ld", slot);
+	err |= r->max_tokens ? tpo_buf_u64(b, ",\"n_predict\":", r->max_tokens)
+			     : tpo_buf_str(b, ",\"n_predict\":-1");
+	err |= slot >= 0 ? tpo_buf_u64(b, ",\"cache_prompt\":true,\"id_slot\":", (uint64_t)slot)
+			 : tpo_buf_str(b, ",\"cache_prompt\":true,\"id_slot\":-1");
 	if (r->seed)
-		err |= tpo_buf_printf(b, ",\"seed\":%u", (unsigned)(r->seed & 0x7fffffff));
+		err |= tpo_buf_u64(b, ",\"seed\":", r->seed & 0x7fffffff);
 	err |= tpo_buf_str(b, r->stream ? ",\"stream\":true}" : ",\"stream\":false}");
 	return err ? -ENOMEM : 0;
 }

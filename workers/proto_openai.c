@@ -38,10 +38,9 @@ static int oa_request(const struct tpo_up_req *r, struct tpo_buf *b)
 		err |= tpo_buf_json_str(b, r->prompt, r->prompt_len);
 	}
 	if (r->max_tokens)
-		err |= tpo_buf_printf(b, ",\"max_tokens\":%u", r->max_tokens);
+		err |= tpo_buf_u64(b, ",\"max_tokens\":", r->max_tokens);
 	if (r->seed)
-		err |= tpo_buf_printf(b, ",\"seed\":%llu",
-				      (unsigned long long)(r->seed & 0x7fffffffffffffffull));
+		err |= tpo_buf_u64(b, ",\"seed\":", r->seed & 0x7fffffffffffffffull);
 	err |= tpo_buf_str(b, r->stream ? ",\"stream\":true}" : ",\"stream\":false}");
 	return err ? -ENOMEM : 0;
 }
@@ -100,8 +99,11 @@ static int oa_object(struct tpo_up_call *c, const char *js, size_t len)
 					       OA_KEY("completion_tokens") };
 	const jsmntok_t *t;
 	const char *s;
-	int nt, n, err = 0, tv[3], cv[4], uv[2], x;
+	int nt, n, err = 0, tv[3], cv[4], uv[2], x, used = -1;
 
+	/* A chunk like the last but for its text: that text is all it says. */
+	if ((n = tpo_up_shape_token(c, js, len, &s)) > 0)
+		return tpo_up_token(c, s, (size_t)n);
 	nt = tpo_up_json_parse(c, js, len, &t);
 	if (nt < 0)
 		return tpo_up_error(c, 0, "the model server sent invalid JSON");
@@ -127,6 +129,7 @@ static int oa_object(struct tpo_up_call *c, const char *js, size_t len)
 			oa_keys(js, t, nt, v, content, 1, &v);
 		if (v >= 0 && (n = tpo_up_json_tokstr(c, js, &t[v], &s)) > 0) {
 			err = tpo_up_token(c, s, (size_t)n);
+			used = v;
 			break;
 		}
 	}
@@ -144,6 +147,12 @@ static int oa_object(struct tpo_up_call *c, const char *js, size_t len)
 			tpo_up_usage(c, pt > 0 && pt < UINT32_MAX ? (uint32_t)pt : 0,
 				     ct > 0 && ct < UINT32_MAX ? (uint32_t)ct : 0);
 	}
+	/* Only a chunk whose one effect was its token can stand for the next. */
+	if (!err && used >= 0 && (cv[3] < 0 || t[cv[3]].type != JSMN_STRING) &&
+	    uv[0] < 0 && uv[1] < 0)
+		tpo_up_shape_learn(c, js, len, &t[used]);
+	else
+		tpo_up_shape_forget(c);
 	return err;
 }
 

@@ -33,10 +33,9 @@ static int tgi_request(const struct tpo_up_req *r, struct tpo_buf *b)
 	err |= tpo_buf_json_str(b, r->prompt, r->prompt_len);
 	err |= tpo_buf_str(b, ",\"parameters\":{\"details\":true");
 	if (r->max_tokens)
-		err |= tpo_buf_printf(b, ",\"max_new_tokens\":%u", r->max_tokens);
+		err |= tpo_buf_u64(b, ",\"max_new_tokens\":", r->max_tokens);
 	if (r->seed)
-		err |= tpo_buf_printf(b, ",\"seed\":%llu",
-				      (unsigned long long)(r->seed & 0x7fffffffffffffffull));
+		err |= tpo_buf_u64(b, ",\"seed\":", r->seed & 0x7fffffffffffffffull);
 	err |= tpo_buf_str(b, "}}");
 	return err ? -ENOMEM : 0;
 }

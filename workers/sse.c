@@ -15,6 +15,16 @@ void tpo_sse_init(struct tpo_sse *p, tpo_sse_event_fn *fn, void *arg)
 	p->max = TPO_SSE_LINE_MAX;
 }
 
+void tpo_sse_rearm(struct tpo_sse *p, tpo_sse_event_fn *fn, void *arg)
+{
+	char *line = p->line, *data = p->data;
+	size_t line_cap = p->line_cap, data_cap = p->data_cap;
+
+	tpo_sse_init(p, fn, arg);
+	p->line = line, p->line_cap = line_cap;
+	p->data = data, p->data_cap = data_cap;
+}
+
 void tpo_sse_reset(struct tpo_sse *p)
 {
 	p->line_len = 0;

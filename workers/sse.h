@@ -41,6 +41,8 @@ struct tpo_sse {
 };
 
 void tpo_sse_init(struct tpo_sse *p, tpo_sse_event_fn *fn, void *arg);
+/* tpo_sse_init keeping the buffers p has (p initialised, or zeroed). */
+void tpo_sse_rearm(struct tpo_sse *p, tpo_sse_event_fn *fn, void *arg);
 /* Forgets any partial line or event (a new response on the same parser). */
 void tpo_sse_reset(struct tpo_sse *p);
 void tpo_sse_fini(struct tpo_sse *p);

@@ -115,6 +115,17 @@ int tpo_buf_json_str(struct tpo_buf *b, const char *s, size_t n)
 	return tpo_buf_put(b, "\"", 1);
 }
 
+int tpo_buf_u64(struct tpo_buf *b, const char *prefix, uint64_t v)
+{
+	char d[20], *e = d + sizeof(d), *q = e;
+	int err = tpo_buf_str(b, prefix);
+
+	do
+		*--q = (char)('0' + v % 10);
+	while ((v /= 10) != 0);
+	return err < 0 ? err : tpo_buf_put(b, q, (size_t)(e - q));
+}
+
 int tpo_buf_printf(struct tpo_buf *b, const char *fmt, ...)
 {
 	va_list ap;
@@ -214,6 +225,11 @@ struct uh {
 	char errbuf[CURL_ERROR_SIZE];
 };
 
+/* Ended calls kept for the next (no allocation per request), each with
+ * buffers of at most CALL_KEEP bytes: at most ~100 KiB held. */
+#define CALL_SPARES 16
+#define CALL_KEEP   2048
+
 struct up {
 	const struct tpo_proto *proto;
 	struct tpo_config_timeouts to;
@@ -234,6 +250,8 @@ struct up {
 	jsmntok_t *toks;                 /* tpo_up_json_parse's tokens */
 	unsigned ntoks_cap;
 	int no_proxy;                    /* no proxy variable set (see create) */
+	struct tpo_up_call *spare[CALL_SPARES];   /* ended calls, buffers kept */
+	int nspare;
 };
 
 enum { C_RUNNING = 1, C_WAIT_RETRY, C_ENDED };
@@ -246,6 +264,8 @@ struct tpo_up_call {
 	struct uh *h;                    /* the attempt's handle, NULL between */
 	CURL *easy;                      /* h->easy */
 	struct tpo_buf resp, scratch;
+	struct tpo_buf shape;            /* tpo_up_shape_learn's chunk */
+	uint32_t shape_pre, shape_suf;   /* bytes before and after its token */
 	struct tpo_sse sse;
 	int state;
 	int xfer_done;                   /* curl reported the transfer's end */
@@ -449,6 +469,45 @@ int tpo_up_json_tokstr(struct tpo_up_call *c, const char *js, const jsmntok_t *t
 		return n;
 	*out = c->scratch.p;
 	return n;
+}
+
+/* A chunk is remembered up to this size (a stream's are ~200 bytes). */
+#define SHAPE_MAX CALL_KEEP
+
+int tpo_up_shape_token(struct tpo_up_call *c, const char *js, size_t len, const char **out)
+{
+	size_t pre = c->shape_pre, suf = c->shape_suf;
+	const char *p = c->shape.p;
+	jsmntok_t t;
+	int n;
+
+	/* The prefix ends with the string's opening quote, the suffix starts
+	 * with its closing one: the bytes between must be one JSON string. */
+	if (!c->shape.len || len <= pre + suf || memcmp(js, p, pre) != 0 ||
+	    memcmp(js + len - suf, p + c->shape.len - suf, suf) != 0 ||
+	    tpo_json_string_end(js, len, pre - 1) != len - suf)
+		return 0;
+	t = (jsmntok_t){ JSMN_STRING, (int)pre, (int)(len - suf), 0 };
+	n = tpo_up_json_tokstr(c, js, &t, out);
+	return n > 0 ? n : 0;
+}
+
+void tpo_up_shape_learn(struct tpo_up_call *c, const char *js, size_t len, const jsmntok_t *t)
+{
+	c->shape.len = 0;
+	if (!c->stream || len > SHAPE_MAX || t->type != JSMN_STRING || t->start < 1 ||
+	    (size_t)t->end >= len || js[t->start - 1] != '"' || js[t->end] != '"' ||
+	    tpo_buf_put(&c->shape, js, len) < 0) {
+		c->shape.len = 0;
+		return;
+	}
+	c->shape_pre = (uint32_t)t->start;
+	c->shape_suf = (uint32_t)(len - (size_t)t->end);
+}
+
+void tpo_up_shape_forget(struct tpo_up_call *c)
+{
+	c->shape.len = 0;
 }
 
 int tpo_up_json_str(struct tpo_up_call *c, const char *js, const jsmntok_t *toks,
@@ -1124,10 +1183,52 @@ fail:
 
 /* ---- worker ops ------------------------------------------------------ */
 
+/* A call as calloc makes it, from the spares when there is one: its
+ * buffers are kept, empty. */
+static struct tpo_up_call *call_get(struct up *u)
+{
+	struct tpo_up_call *c;
+	struct tpo_buf resp, scratch, shape;
+	struct tpo_sse sse;
+
+	if (!u->nspare)
+		return calloc(1, sizeof(*c));
+	c = u->spare[--u->nspare];
+	resp = c->resp, scratch = c->scratch, shape = c->shape, sse = c->sse;
+	memset(c, 0, sizeof(*c));
+	c->resp = (struct tpo_buf){ resp.p, 0, resp.cap };
+	c->scratch = (struct tpo_buf){ scratch.p, 0, scratch.cap };
+	c->shape = (struct tpo_buf){ shape.p, 0, shape.cap };
+	c->sse.line = sse.line, c->sse.line_cap = sse.line_cap;
+	c->sse.data = sse.data, c->sse.data_cap = sse.data_cap;
+	return c;
+}
+
+static void call_put(struct up *u, struct tpo_up_call *c)
+{
+	if (c->resp.cap > CALL_KEEP)
+		tpo_buf_free(&c->resp);
+	if (c->scratch.cap > CALL_KEEP)
+		tpo_buf_free(&c->scratch);
+	if (c->shape.cap > CALL_KEEP)
+		tpo_buf_free(&c->shape);
+	if (c->sse.line_cap > CALL_KEEP || c->sse.data_cap > CALL_KEEP)
+		tpo_sse_fini(&c->sse);
+	if (u->nspare < CALL_SPARES) {
+		u->spare[u->nspare++] = c;
+		return;
+	}
+	tpo_sse_fini(&c->sse);
+	tpo_buf_free(&c->resp);
+	tpo_buf_free(&c->scratch);
+	tpo_buf_free(&c->shape);
+	free(c);
+}
+
 static int up_start(void *w, struct tpo_job *job)
 {
 	struct up *u = w;
-	struct tpo_up_call *c = calloc(1, sizeof(*c));
+	struct tpo_up_call *c = call_get(u);
 
 	if (!c)
 		return -ENOMEM;
@@ -1136,7 +1237,7 @@ static int up_start(void *w, struct tpo_job *job)
 	c->ep = -1;
 	c->finish_hint = -1;
 	c->stream = !!(job->flags & TPO_REQF_STREAM);
-	tpo_sse_init(&c->sse, on_sse, c);
+	tpo_sse_rearm(&c->sse, on_sse, c);
 	job->worker_state = c;
 	launch(c, tpo_now_ns());
 	return 0;
@@ -1187,10 +1288,7 @@ static void up_cancel(void *w, struct tpo_job *job)
 	if (!c)
 		return;
 	detach(c, 0);
-	tpo_sse_fini(&c->sse);
-	tpo_buf_free(&c->resp);
-	tpo_buf_free(&c->scratch);
-	free(c);
+	call_put(c->u, c);
 	job->worker_state = NULL;
 	job->wake_ns = 0;
 }
@@ -1291,6 +1389,14 @@ static void up_destroy(void *w)
 		curl_multi_cleanup(u->multi);
 	tpo_h1_free(u->h1);
 	free(u->toks);
+	while (u->nspare) {
+		struct tpo_up_call *c = u->spare[--u->nspare];
+		tpo_sse_fini(&c->sse);
+		tpo_buf_free(&c->resp);
+		tpo_buf_free(&c->scratch);
+		tpo_buf_free(&c->shape);
+		free(c);
+	}
 	free(u);
 }
 

@@ -39,6 +39,8 @@ int tpo_buf_put(struct tpo_buf *b, const void *s, size_t n);
 int tpo_buf_str(struct tpo_buf *b, const char *s);
 /* A JSON string literal, quotes included. */
 int tpo_buf_json_str(struct tpo_buf *b, const char *s, size_t n);
+/* prefix, then v in decimal: a request's numbers without printf. */
+int tpo_buf_u64(struct tpo_buf *b, const char *prefix, uint64_t v);
 int tpo_buf_printf(struct tpo_buf *b, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 void tpo_buf_free(struct tpo_buf *b);
@@ -114,6 +116,19 @@ int tpo_up_json_parse(struct tpo_up_call *c, const char *js, size_t len,
  * tpo_up_json_str. */
 int tpo_up_json_tokstr(struct tpo_up_call *c, const char *js, const jsmntok_t *t,
 		       const char **out);
+
+/*
+ * Streams send chunks of one shape: the same bytes but for the token's
+ * text. tpo_up_shape_learn() records js, valid JSON whose only effect was
+ * the token in string t; tpo_up_shape_token() then takes a chunk that
+ * differs from it only inside that string, and is valid JSON because the
+ * string is: the text unescaped (as tpo_up_json_tokstr), without parsing
+ * the rest again. 0: not of that shape, or an empty text (parse it).
+ * tpo_up_shape_forget() after a chunk that did more than give a token.
+ */
+int tpo_up_shape_token(struct tpo_up_call *c, const char *js, size_t len, const char **out);
+void tpo_up_shape_learn(struct tpo_up_call *c, const char *js, size_t len, const jsmntok_t *t);
+void tpo_up_shape_forget(struct tpo_up_call *c);
 
 /* Token counts the upstream reported (a usage object); 0 leaves one alone. */
 void tpo_up_usage(struct tpo_up_call *c, uint32_t prompt, uint32_t completion);

@@ -90,7 +90,7 @@ function writeChunks(res, s, chunk, done) {
 	const step = () => {
 		if (res.destroyed) return;
 		if (off >= s.length) return done();
-		res.write(s.slice(off, off + chunk));
+		res.write(s.slice(off, off + chunk), 'latin1');   /* the file's bytes as they are */
 		off += chunk;
 		setImmediate(step);
 	};
@@ -170,7 +170,7 @@ const server = http.createServer((req, res) => {
 			}
 			if (!stream && c('json') !== null) {
 				res.setHeader('Content-Type', 'application/json');
-				return res.end(fs.readFileSync(path.join(golden, c('json')), 'latin1'));
+				return res.end(fs.readFileSync(path.join(golden, c('json')), 'latin1'), 'latin1');
 			}
 			if (!stream) {
 				res.setHeader('Content-Type', 'application/json');

@@ -294,6 +294,34 @@ Test(upstream, openai_golden_split_and_nonstream_and_auth)
 	h_stop(&in);
 }
 
+/*
+ * Chunks of one shape (the same bytes but for the token's text) skip the
+ * JSON parser (tpo_up_shape_token): escapes, raw UTF-8, an empty text, a
+ * changed suffix and the finish all come out as the parser gives them; a
+ * text that would make the chunk invalid JSON (a bare quote, bad UTF-8, a
+ * control character, a closing quote escaped) is still an error.
+ */
+Test(upstream, openai_same_shape_chunks)
+{
+	static const char *const bad[] = { "quote", "utf8", "ctrl", "escape" };
+	char text[4096], finish[32], err[8192], prompt[96];
+	int n, content, errors;
+
+	start("os", "openai", NULL, 100, NULL);
+	n = chat_stream("[[srv:golden=openai_same_shape.sse]]", text, sizeof(text), finish);
+	cr_assert_str_eq(text, "Hello w\xc3\xb6rld, \"q\"\n\xc3\xa9x!");
+	cr_assert_eq(n, 6);
+	cr_assert_str_eq(finish, "stop");
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(prompt, sizeof(prompt), "[[srv:golden=openai_shape_%s.sse]]", bad[i]);
+		chat_broken(prompt, &content, &errors, err, sizeof(err));
+		cr_assert_eq(content, 2, "%s: %d tokens", bad[i], content);
+		cr_assert_eq(errors, 1, "%s", bad[i]);
+		cr_assert(strstr(err, "invalid JSON"), "%s: %s", bad[i], err);
+	}
+	h_stop(&in);
+}
+
 Test(upstream, openai_completions_golden_length)
 {
 	struct h_conn c;
