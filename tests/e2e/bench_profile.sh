@@ -1,5 +1,7 @@
 #!/bin/bash
-# tests/e2e/bench_profile.sh BUILD — scenario 7 of `make bench`
+# tests/e2e/bench_profile.sh BUILD — the machine and instruction figures of
+# `make bench`. bench/handoff (a hop of a lane, processes against threads)
+# writes its JSON and report with a positive time for each ring. Scenario 7
 # (bench/profile.sh): every stage under callgrind, instructions per request.
 # Two of its cases, 2 s each: the report and its JSON exist, every request
 # was answered, every stage executed some instructions for each request,
@@ -11,13 +13,23 @@
 set -euo pipefail
 BUILD=$(cd "${1:-build}" && pwd)
 cd "$(dirname "$0")/../.."
-if [ "${TPO_SANITIZED:-}" = 1 ]; then
-	echo "bench_profile: skipped under a sanitizer (valgrind cannot run its programs)"
-	exit 0
-fi
 dir=$(mktemp -d /tmp/tpo-bench-prof.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 fail() { echo "bench_profile: FAIL: $*"; [ -f "$dir/run.log" ] && tail -30 "$dir/run.log"; exit 1; }
+
+"$BUILD/bench/handoff" -r 1 -n 2000 -j "$dir/handoff.json" -m "$dir/handoff.md" >"$dir/run.log" 2>&1 ||
+	fail "bench/handoff exited $?"
+grep -q "5 processes (a lane)" "$dir/handoff.md" || fail "handoff.md"
+python3 - "$dir/handoff.json" <<'PY' || fail "handoff figures"
+import json, sys
+d = json.load(open(sys.argv[1]))["us_per_hop"]
+assert set(d) == {"processes5", "processes2", "threads5"}, sorted(d)
+assert all(v > 0 for v in d.values()), d
+PY
+if [ "${TPO_SANITIZED:-}" = 1 ]; then
+	echo "bench_profile: handoff ok; profile skipped under a sanitizer (valgrind cannot run its programs)"
+	exit 0
+fi
 
 TPO_PROFILE_CASES="mock proxy_stream" TPO_PROFILE_DUR=2 TPO_BENCH_RESULTS="$dir" \
 	bench/profile.sh "$BUILD" >"$dir/run.log" 2>&1 || fail "bench/profile.sh exited $?"
