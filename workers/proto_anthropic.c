@@ -79,15 +79,26 @@ static int an_event(struct tpo_up_call *c, const char *name, const char *data, s
 		tpo_up_end(c, -1);
 		return 0;
 	}
+	/* A delta like the last but for its text (workers/upstream.h). */
+	if (!strcmp(name, "content_block_delta") &&
+	    (n = tpo_up_shape_token(c, data, len, &s)) > 0)
+		return tpo_up_token(c, s, (size_t)n);
 	nt = parse(c, data, len, &t);
 	if (nt < 0)
 		return nt;
 	if (!strcmp(name, "error") || tpo_json_find(data, t, nt, 0, "error") >= 0) {
 		err = an_error(c, data, t, nt);
 	} else if (!strcmp(name, "content_block_delta")) {
-		n = tpo_up_json_str(c, data, t, nt, "delta.text", &s);
+		int v = tpo_json_find(data, t, nt, 0, "delta.text");
+
+		n = v >= 0 ? tpo_up_json_tokstr(c, data, &t[v], &s) : -ENOENT;
 		if (n > 0)
 			err = tpo_up_token(c, s, (size_t)n);
+		/* Its one effect was the token: it may stand for the next. */
+		if (n > 0 && !err)
+			tpo_up_shape_learn(c, data, len, &t[v]);
+		else
+			tpo_up_shape_forget(c);
 	} else if (!strcmp(name, "message_delta")) {
 		n = tpo_up_json_str(c, data, t, nt, "delta.stop_reason", &s);
 		if (n > 0)

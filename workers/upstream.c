@@ -226,7 +226,7 @@ struct uh {
 };
 
 /* Ended calls kept for the next (no allocation per request), each with
- * buffers of at most CALL_KEEP bytes: at most ~100 KiB held. */
+ * its five buffers of at most CALL_KEEP bytes: at most ~170 KiB held. */
 #define CALL_SPARES 16
 #define CALL_KEEP   2048
 

@@ -519,6 +519,12 @@ Test(upstream, anthropic_golden_headers_and_error_event)
 	cr_assert_eq(content, 0);
 	cr_assert_eq(errors, 1);
 	cr_assert(strstr(out, "Overloaded"), "%s", out);
+	/* Deltas of one shape skip the parser; one whose text breaks the
+	 * JSON (a bare quote) is still an error. */
+	chat_broken("[[srv:golden=anthropic_shape_quote.sse]]", &content, &errors, out, sizeof(out));
+	cr_assert_eq(content, 2);
+	cr_assert_eq(errors, 1);
+	cr_assert(strstr(out, "invalid JSON"), "%s", out);
 	h_stop(&in);
 }
 
