@@ -188,8 +188,9 @@ static void req_free(struct sreq *r)
 	tpo_stats_inflight(&st.stats, st.stage, st.lane, nactive);
 	atomic_store_explicit(&st.rs.load[st.lane][r->lane], lane_active[r->lane],
 			      memory_order_relaxed);
-	/* A buffered answer is freed with its request: an idle front holds
-	 * nothing for the requests it has served. */
+	/* A buffered answer ends with its request: a first-size buffer goes
+	 * back to the pool (at most BODY_POOL of them, 128 KiB, held idle),
+	 * a grown one is freed. */
 	model_clear(r);
 	if (r->body_cap == BODY_FIRST && nbody_pool < BODY_POOL)
 		body_pool[nbody_pool++] = r->body;

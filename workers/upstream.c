@@ -497,10 +497,8 @@ void tpo_up_shape_learn(struct tpo_up_call *c, const char *js, size_t len, const
 	c->shape.len = 0;
 	if (!c->stream || len > SHAPE_MAX || t->type != JSMN_STRING || t->start < 1 ||
 	    (size_t)t->end >= len || js[t->start - 1] != '"' || js[t->end] != '"' ||
-	    tpo_buf_put(&c->shape, js, len) < 0) {
-		c->shape.len = 0;
+	    tpo_buf_put(&c->shape, js, len) < 0)
 		return;
-	}
 	c->shape_pre = (uint32_t)t->start;
 	c->shape_suf = (uint32_t)(len - (size_t)t->end);
 }
@@ -1204,6 +1202,15 @@ static struct tpo_up_call *call_get(struct up *u)
 	return c;
 }
 
+static void call_free(struct tpo_up_call *c)
+{
+	tpo_sse_fini(&c->sse);
+	tpo_buf_free(&c->resp);
+	tpo_buf_free(&c->scratch);
+	tpo_buf_free(&c->shape);
+	free(c);
+}
+
 static void call_put(struct up *u, struct tpo_up_call *c)
 {
 	if (c->resp.cap > CALL_KEEP)
@@ -1214,15 +1221,10 @@ static void call_put(struct up *u, struct tpo_up_call *c)
 		tpo_buf_free(&c->shape);
 	if (c->sse.line_cap > CALL_KEEP || c->sse.data_cap > CALL_KEEP)
 		tpo_sse_fini(&c->sse);
-	if (u->nspare < CALL_SPARES) {
+	if (u->nspare < CALL_SPARES)
 		u->spare[u->nspare++] = c;
-		return;
-	}
-	tpo_sse_fini(&c->sse);
-	tpo_buf_free(&c->resp);
-	tpo_buf_free(&c->scratch);
-	tpo_buf_free(&c->shape);
-	free(c);
+	else
+		call_free(c);
 }
 
 static int up_start(void *w, struct tpo_job *job)
@@ -1389,14 +1391,8 @@ static void up_destroy(void *w)
 		curl_multi_cleanup(u->multi);
 	tpo_h1_free(u->h1);
 	free(u->toks);
-	while (u->nspare) {
-		struct tpo_up_call *c = u->spare[--u->nspare];
-		tpo_sse_fini(&c->sse);
-		tpo_buf_free(&c->resp);
-		tpo_buf_free(&c->scratch);
-		tpo_buf_free(&c->shape);
-		free(c);
-	}
+	while (u->nspare)
+		call_free(u->spare[--u->nspare]);
 	free(u);
 }
 
