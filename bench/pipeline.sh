@@ -10,7 +10,10 @@
 #                proxying to it (openai worker): the upstream is `--serve`,
 #                then the npm @dwmkerr/mock-llm; tpo's proxied capacity first
 #                (closed loop), then the highest open-loop rate it sustains
-#                (bisection), then open loop at 25/50/75/90 % of that
+#                (bisection), then open loop at 25/50/75/90 % of that; at
+#                50 and 90 % nginx in front of the same upstream too (a
+#                reference reverse proxy: Debian's package, unpacked into
+#                TPO_NGINX_DIR, /tmp/tpo-bench-nginx, when the machine has none)
 #   4 surge      tpo bounded by the model (mock at a fixed token rate, small
 #                admission budget): its capacity closed loop, then 50 % 5 s,
 #                300 % 10 s, 50 % 10 s open loop; reject_new, then drop_oldest
@@ -29,8 +32,9 @@
 # curl, iproute2 (ss), coreutils (shuf), gnuplot-nox (plots; optional).
 # Knobs: TPO_BENCH_RUNS (3), TPO_BENCH_DURATION (4 s per point),
 # TPO_BENCH_SUST_STEPS (5: bisection probes for the sustained rate),
-# TPO_BENCH_SKIP="capacity overhead mockllm url surge chaos memory" (scenarios to
-# skip), TPO_BENCH_MERGE=1 (skipped scenarios keep their sections from the
+# TPO_BENCH_SKIP="capacity overhead mockllm url surge chaos memory nginx"
+# (scenarios to skip; nginx: scenario 3 without its reference proxy),
+# TPO_BENCH_MERGE=1 (skipped scenarios keep their sections from the
 # previous pipeline.json/.md, so one scenario can be re-run alone),
 # TPO_MOCKLLM_DIR (/tmp/tpo-bench-node: where npm installs mock-llm),
 # TPO_BENCH_PLOTS=0 (no plots: gnuplot is neither needed nor installed),
@@ -59,7 +63,7 @@ TMP=$(mktemp -d /tmp/tpo-pipeline.XXXXXX)
 R=$TMP/r
 mkdir -p "$R" "$RES"
 
-SUP_PID= SERVE_PID= MOCK_PID= KILLER_PID= LOAD_PID=
+SUP_PID= SERVE_PID= MOCK_PID= KILLER_PID= LOAD_PID= NGINX_PID=
 
 log() { printf 'pipeline: %s\n' "$*" >&2; }
 skipped() { case $SKIP in *" $1 "*) return 0 ;; esac; return 1; }
@@ -68,7 +72,7 @@ skipped() { case $SKIP in *" $1 "*) return 0 ;; esac; return 1; }
 
 cleanup() {
 	stop_pid "$KILLER_PID"; stop_pid "$LOAD_PID"
-	stop_pid "$SUP_PID"; stop_pid "$SERVE_PID"; stop_pid "$MOCK_PID"
+	stop_pid "$SUP_PID"; stop_pid "$SERVE_PID"; stop_pid "$MOCK_PID"; stop_pid "$NGINX_PID"
 	rm -f /dev/shm/tpo."$NAME".* 2>/dev/null
 	# Every run's tpo-bench JSON stays for a closer look (not in git):
 	# bench/results/raw/ holds the last run's.
@@ -382,20 +386,102 @@ sustained() {
 	echo "$lo"
 }
 
+# A reference reverse proxy beside tpo in scenario 3: nginx, one worker per
+# core, keep-alive connections to the upstream, nothing buffered (SSE flows
+# as it comes), no access log. What any proxy in front of the upstream costs
+# on these cores, so tpo's added latency can be read against it. The
+# machine's nginx if it has one; else Debian's package unpacked into
+# NGINX_DIR (apt-get download + dpkg-deb -x: nothing installed, no service
+# started). NGINX is empty when neither works or "nginx" is in
+# TPO_BENCH_SKIP; the scenario then runs without it.
+NGINX_DIR=${TPO_NGINX_DIR:-/tmp/tpo-bench-nginx}
+NGINX=
+nginx_find() {
+	local deb
+	if command -v nginx >/dev/null; then
+		NGINX=$(command -v nginx)
+		return 0
+	fi
+	if [ ! -x "$NGINX_DIR/usr/sbin/nginx" ] && command -v apt-get >/dev/null; then
+		log "nginx: apt-get download nginx, unpacked into $NGINX_DIR"
+		mkdir -p "$NGINX_DIR"
+		( cd "$NGINX_DIR" || exit 1
+		  apt-get download nginx >>"$TMP/apt.log" 2>&1 ||
+			{ [ "$(id -u)" = 0 ] && apt-get update -q >>"$TMP/apt.log" 2>&1 &&
+			  apt-get download nginx >>"$TMP/apt.log" 2>&1; }
+		  for deb in nginx_*.deb; do
+			[ -f "$deb" ] && dpkg-deb -x "$deb" . && rm -f "$deb"
+		  done )
+	fi
+	if [ -x "$NGINX_DIR/usr/sbin/nginx" ] && "$NGINX_DIR/usr/sbin/nginx" -v 2>/dev/null; then
+		NGINX=$NGINX_DIR/usr/sbin/nginx
+		return 0
+	fi
+	log "nginx: not available: scenario 3 runs without the reference proxy"
+	return 1
+}
+if ! skipped nginx && { ! skipped overhead || ! skipped mockllm || { [ -n "$UPSTREAM" ] && ! skipped url; }; }; then
+	nginx_find
+fi
+[ -n "$NGINX" ] && "$NGINX" -v 2>&1 | python3 -c 'import json, sys; json.dump({"version": sys.stdin.read().strip().split("/")[-1]}, open(sys.argv[1], "w"))' "$R/nginx.json"
+
+# start_nginx UPBASE: nginx proxying to UPBASE (http://host:port) at NGINX_URL.
+start_nginx() {
+	local hp=${1#http://} d=$TMP/nginx i
+	hp=${hp%%/*}
+	NGINX_URL=http://127.0.0.1:$(free_port)
+	rm -rf "$d" && mkdir -p "$d"
+	cat > "$d/nginx.conf" <<CONF
+worker_processes auto;
+daemon off;
+pid $d/nginx.pid;
+events { worker_connections 20000; }
+http {
+	access_log off;
+	client_body_temp_path $d/body; proxy_temp_path $d/proxy;
+	fastcgi_temp_path $d/fastcgi; uwsgi_temp_path $d/uwsgi; scgi_temp_path $d/scgi;
+	upstream up { server $hp; keepalive 512; }
+	server {
+		listen ${NGINX_URL#http://} backlog=4096;
+		location / {
+			proxy_pass http://up;
+			proxy_http_version 1.1;
+			proxy_set_header Connection "";
+			proxy_set_header Host $hp;
+			proxy_buffering off;
+			proxy_request_buffering off;
+		}
+	}
+}
+CONF
+	"$NGINX" -p "$d" -c "$d/nginx.conf" -e "$d/error.log" >>"$TMP/nginx.log" 2>&1 &
+	NGINX_PID=$!
+	for i in $(seq 50); do
+		curl -s -o /dev/null "$NGINX_URL/" && return 0
+		kill -0 "$NGINX_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	log "nginx did not start:"; tail -n 5 "$d/error.log" "$TMP/nginx.log" >&2
+	stop_pid "$NGINX_PID"; NGINX_PID=
+	return 1
+}
+
 # overhead UP UPBASE CONC_PLAIN CONC_STREAM CAPRUNS PCTS BASE [tpo-bench args...]:
 # tpo (openai worker, endpoint UPBASE) measured closed loop (CAPRUNS runs per
 # mode, median), then open loop at PCTS % of BASE: "sustained" (the highest
 # open-loop rate tpo keeps up with, above) or "closed" (the closed-loop
 # capacity), tpo and the upstream alternating, $RUNS runs at 50 and 90 %, one
-# at other loads. The upstream's own closed-loop capacity is
-# ovhcap.UP.KIND.direct.*.json.
+# at other loads; at 50 and 90 % nginx in front of the same upstream (above)
+# takes its turn too, after a warm-up run of its own. The upstream's own
+# closed-loop capacity is ovhcap.UP.KIND.direct.*.json.
 overhead() {
 	local up=$1 ubase=$2 cplain=$3 cstream=$4 capruns=$5 pcts=$6 base=$7 kind conc cap
-	local rate pct n run tgt u extra t0 uppid=$SERVE_PID
+	local rate pct n run tgt tgts u extra t0 uppid=$SERVE_PID ng= warm
 	[ "$up" = ml ] && uppid=$MOCK_PID
 	[ "$up" = url ] && uppid=   # not ours: no schedstat
 	shift 7
 	start_tpo "$(config proxy "$ubase")" || return 1
+	case $ubase in http://*) [ -n "$NGINX" ] && start_nginx "$ubase" && ng=1 ;; esac
 	for kind in plain stream; do
 		conc=$cplain; extra=("$@")
 		[ $kind = stream ] && { conc=$cstream; extra+=(--stream); }
@@ -410,13 +496,25 @@ overhead() {
 			cap=$(sustained "$up" $kind "${cap%.*}" "${extra[@]}")
 			log "overhead/$up: sustained open-loop capacity $kind $cap req/s"
 		fi
+		warm=$ng
 		for pct in $pcts; do
 			rate=$(python3 -c "print(max(1, int($cap * $pct / 100)))")
-			n=1; case $pct in 50|90) n=$RUNS ;; esac
-			log "overhead/$up: $kind at $pct % = $rate req/s, $n run(s)"
+			n=1 tgts="tpo direct"
+			case $pct in 50|90) n=$RUNS; [ -n "$ng" ] && tgts+=" nginx" ;; esac
+			log "overhead/$up: $kind at $pct % = $rate req/s, $n run(s): $tgts"
+			# nginx's first seconds after a start are not its steady state
+			# (runs right after its start took a second or two per request)
+			if [ -n "$warm" ] && [ "${tgts%nginx}" != "$tgts" ]; then
+				warm=
+				bench "$TMP/nginx.warm.json" --url "$NGINX_URL/v1/chat/completions" \
+					--mode open --rate "$rate" --duration 3 --timeout-ms 10000 \
+					--max-conns 10000 "${extra[@]}"
+			fi
 			for run in $(seq $n); do
-				for tgt in tpo direct; do
-					u=$URL; [ $tgt = direct ] && u=$ubase/v1/chat/completions
+				for tgt in $tgts; do
+					u=$URL
+					[ $tgt = direct ] && u=$ubase/v1/chat/completions
+					[ $tgt = nginx ] && u=$NGINX_URL/v1/chat/completions
 					if [ $tgt = tpo ] && [ "$pct" = 50 ]; then
 						prof_read "$uppid" > "$TMP/prof.before"
 						t0=$(date +%s%N)
@@ -432,6 +530,7 @@ overhead() {
 			done
 		done
 	done
+	stop_pid "$NGINX_PID"; NGINX_PID=
 	# Memory of a proxying instance after its load.
 	[ "$up" = serve ] && { sleep 2; snapshot "$R/mem.proxy.json"; }
 	stop_tpo
@@ -842,7 +941,7 @@ for up, upname, updesc in UPS:
     for kind in ("plain", "stream"):
         for pct in (25, 50, 75, 90):
             row = {}
-            for tgt in ("tpo", "direct"):
+            for tgt in ("tpo", "direct", "nginx"):
                 fs = [load(f) for f in files(f"ovh.{up}.{kind}.{pct}.{tgt}.*.json")]
                 if not fs:
                     continue
@@ -861,6 +960,13 @@ for up, upname, updesc in UPS:
                     row["added_ttft_p50_us"] = sub(t["ttft_p50"], d_["ttft_p50"])
                     row["added_ttft_p99_us"] = sub(t["ttft_p99"], d_["ttft_p99"])
                 row["throughput_ratio"] = ratio(t["ok_per_s"], d_["ok_per_s"])
+            if "nginx" in row and "direct" in row:
+                n_, d_ = row["nginx"], row["direct"]
+                row["nginx_added_e2e_p50_us"] = sub(n_["e2e_ok_p50"], d_["e2e_ok_p50"])
+                row["nginx_added_e2e_p99_us"] = sub(n_["e2e_ok_p99"], d_["e2e_ok_p99"])
+                if kind == "stream":
+                    row["nginx_added_ttft_p50_us"] = sub(n_["ttft_p50"], d_["ttft_p50"])
+                    row["nginx_added_ttft_p99_us"] = sub(n_["ttft_p99"], d_["ttft_p99"])
             if pct == 50 and row:
                 pr = profile(up, kind)
                 if pr:
@@ -869,6 +975,8 @@ for up, upname, updesc in UPS:
                 rows[f"{kind}.{pct}"] = row
     if caps or rows:
         ovh_all[up] = {"upstream": upname, "capacity": caps, "loads": rows}
+        if any("nginx" in r for r in rows.values()):
+            ovh_all[up]["nginx"] = load(os.path.join(R, "nginx.json")).get("version")
         if up == "serve":
             pa = pipeline_alone()
             if pa:
@@ -932,6 +1040,27 @@ for n, (up, upname, updesc) in enumerate(UPS):
             why = lambda x: f"{x['not_ok']}" + (f" ({x['not_ok_kinds']})" if x.get("not_ok_kinds") else "")
             md.append(f"| {'non-streaming' if kind == 'plain' else 'streaming'} {pct} %{' (' + str(t['runs']) + ' runs)' if t['runs'] > 1 else ''} | {fmt(t['offered'])} | {fmt(t['e2e_ok_p50'])} / {fmt(t['e2e_ok_p99'])} | {fmt(d_['e2e_ok_p50'])} / {fmt(d_['e2e_ok_p99'])} | {fmt(r.get('added_e2e_p50_us'))} / {fmt(r.get('added_e2e_p99_us'))} | {r.get('throughput_ratio')} | {why(t)} / {why(d_)} |")
     md.append("")
+    ngr = [(kind, pct, rows.get(f"{kind}.{pct}")) for kind in ("plain", "stream") for pct in (50, 90)]
+    ngr = [(kind, pct, r) for kind, pct, r in ngr if r and "nginx" in r and "tpo" in r and "direct" in r]
+    if ngr:
+        md.append(f"A reference reverse proxy at the 50 and 90 % loads: nginx {o.get('nginx') or ''} in front of the same "
+                  "upstream (a worker per core, keep-alive connections to the upstream, nothing buffered, no access "
+                  "log; a warm-up run of its own first), taking its turn with tpo and direct: what a single-hop proxy "
+                  "costs on these cores. *tpo ÷ nginx*: added latency p50 through tpo over that through nginx.\n")
+        md.append("| load | through nginx p50 / p99 µs | added by nginx p50 / p99 µs | added by tpo p50 / p99 µs | tpo ÷ nginx | "
+                  "TTFT added p50, nginx / tpo µs | not ok nginx |\n|---|---|---|---|---|---|---|")
+        for kind, pct, r in ngr:
+            n_ = r["nginx"]
+            a_t, a_n = r.get("added_e2e_p50_us"), r.get("nginx_added_e2e_p50_us")
+            md.append(f"| {'non-streaming' if kind == 'plain' else 'streaming'} {pct} %"
+                      f"{' (' + str(n_['runs']) + ' runs)' if n_['runs'] > 1 else ''} | "
+                      f"{fmt(n_['e2e_ok_p50'])} / {fmt(n_['e2e_ok_p99'])} | "
+                      f"{fmt(a_n)} / {fmt(r.get('nginx_added_e2e_p99_us'))} | "
+                      f"{fmt(a_t)} / {fmt(r.get('added_e2e_p99_us'))} | "
+                      f"{ratio(a_t, a_n) if a_n and a_n > 0 else 'n/a'} | "
+                      + (f"{fmt(r.get('nginx_added_ttft_p50_us'))} / {fmt(r.get('added_ttft_p50_us'))}" if kind == "stream" else "") +
+                      f" | {n_['not_ok']}" + (f" ({n_['not_ok_kinds']})" if n_.get("not_ok_kinds") else "") + " |")
+        md.append("")
     profs = [(label, rows.get(f"{kind}.50", {}).get("profile")) for kind, label in (("plain", "non-streaming"), ("stream", "streaming"))]
     profs = [(l, p) for l, p in profs if p]
     if profs:
@@ -1209,22 +1338,25 @@ def target(name, val, limit, higher, unit, why=None):
     tg.append({"target": name, "measured": val, "limit": limit, "met": ok, "miss": miss, "unit": unit})
 target("non-streaming req/s", g(cap, "tpo.plain", "req_per_s"), 20000, True, "req/s")
 target("streamed tokens/s", g(cap, "tpo.stream", "tokens_per_s"), 300000, True, "tokens/s")
-def why_load(kind):
-    """What the profile of the tpo runs at that load shows (section 3a)."""
+def why_load(kind, q="p50"):
+    """What the profile of the tpo runs at that load shows (section 3a),
+    and what nginx in front of the same upstream added there."""
     p = g(ovh, f"{kind}.50", "profile")
     if not p or not g(p, "tpo", "cpu_us"):
         return None
     top = max(PROCS, key=lambda s: g(p, s, "cpu_us") or 0)
     pa = g(ovh_all, "serve", "pipeline_alone", kind) or {}
     alone = pa.get("added_ttft_p50_us" if kind == "stream" else "added_e2e_p50_us")
-    return (f"at that load the {machine.get('cores')} cores were {fmt(p['busy_pct'])} % busy; per request tpo's stages "
+    ng = g(ovh, f"{kind}.50", f"nginx_added_{'ttft' if kind == 'stream' else 'e2e'}_{q}_us")
+    return ((f"nginx in front of the same upstream at the same load added {fmt(ng)} µs {q}; " if ng is not None else "") +
+            f"at that load the {machine.get('cores')} cores were {fmt(p['busy_pct'])} % busy; per request tpo's stages "
             f"used {fmt(g(p, 'tpo', 'cpu_us'))} µs of CPU ({top} {fmt(g(p, top, 'cpu_us'))}) and waited "
             f"{fmt(g(p, 'tpo', 'wait_us'))} µs for one, the upstream {fmt(g(p, 'upstream', 'cpu_us'))}, the generator "
             f"{fmt(g(p, 'generator', 'cpu_us'))}"
             + (f"; the pipeline alone (mock worker, no upstream hop) added {fmt(alone)} µs p50 at that rate" if alone is not None else "")
             + " (3a, docs/bench.md)")
 target("added latency p50 at half load (half the sustained open-loop capacity, proxying --serve)", g(ovh, "plain.50", "added_e2e_p50_us"), 100, False, "µs", why_load("plain"))
-target("added latency p99 at half load (half the sustained open-loop capacity, proxying --serve)", g(ovh, "plain.50", "added_e2e_p99_us"), 1000, False, "µs", why_load("plain"))
+target("added latency p99 at half load (half the sustained open-loop capacity, proxying --serve)", g(ovh, "plain.50", "added_e2e_p99_us"), 1000, False, "µs", why_load("plain", "p99"))
 target("TTFT added (p50, half the sustained open-loop streaming capacity, proxying --serve)", g(ovh, "stream.50", "added_ttft_p50_us"), 200, False, "µs", why_load("stream"))
 target("shed answers p99 under surge (reject_new, model-bound capacity)", g(out, "surge", "reject_new", "phases", 1, "shed_p99_us"), 1000, False, "µs")
 lost = [p.get("lost") for p in (g(out, "chaos", "phases") or []) if p.get("lost") is not None]

@@ -4,11 +4,12 @@
 # run with only scenario 3c, against a small upstream of our own that
 # answers only requests that name its model and carry its API key (401 or
 # 404 otherwise, as real servers do). No request of the scenario, through
-# tpo or straight to the upstream, may be refused for its model or key, and
-# at 50 % of the closed-loop capacity every one must be answered (under
-# ASan, TPO_SANITIZED, tpo is slow enough to fall behind, and only 4xx
-# counts). The report has its 3c section and its JSON the figures; the raw
-# files stay in raw/; nothing is left behind.
+# tpo, through the reference nginx or straight to the upstream, may be
+# refused for its model or key, and at 50 % of the closed-loop capacity every
+# one must be answered (under ASan, TPO_SANITIZED, tpo is slow enough to fall
+# behind, and only 4xx counts). The report has its 3c section, with nginx's
+# table, and its JSON the figures (nginx's added latency and version); the
+# raw files stay in raw/; nothing is left behind (no segment, no nginx).
 set -euo pipefail
 BUILD=$(cd "${1:-build}" && pwd)
 cd "$(dirname "$0")/../.."
@@ -104,13 +105,15 @@ for kind in ("plain", "stream"):
             bad.append(f"closed loop {kind} {side}: {c}")
     for pct in (50, 90):
         row = o["loads"].get(f"{kind}.{pct}") or {}
-        for side in ("tpo", "direct"):
+        for side in ("tpo", "direct", "nginx"):
             r = row.get(side) or {}
             refused = any(f"HTTP 4{x}" in (r.get("not_ok_kinds") or "") for x in ("00", "01", "03", "04"))
             if not r.get("ok_per_s") or refused or (pct == 50 and strict and r.get("not_ok")):
                 bad.append(f"{kind} {pct} % {side}: ok/s {r.get('ok_per_s')}, not ok {r.get('not_ok')} ({r.get('not_ok_kinds')})")
-        if row.get("added_e2e_p50_us") is None:
-            bad.append(f"{kind} {pct} %: no added latency")
+        if row.get("added_e2e_p50_us") is None or row.get("nginx_added_e2e_p50_us") is None:
+            bad.append(f"{kind} {pct} %: no added latency (tpo {row.get('added_e2e_p50_us')}, nginx {row.get('nginx_added_e2e_p50_us')})")
+if not o.get("nginx"):
+    bad.append("nginx's version is not recorded")
 if bad:
     print("\n".join(bad))
     sys.exit(1)
@@ -118,5 +121,7 @@ EOF
 ls "$dir"/res/raw/ovh.url.plain.50.tpo.1.json "$dir"/res/raw/ovhcap.url.stream.direct.1.json >/dev/null ||
 	fail "raw/ lacks the run's tpo-bench files"
 grep -q "upstream: $base (GET /v1/models: HTTP 200)" "$dir/run.log" || fail "the upstream's check is not logged"
+grep -q "^A reference reverse proxy at the 50 and 90 % loads: nginx" "$md" || fail "no nginx table in the report"
+ps -eo args | grep -q "[n]ginx.*tpo-pipeline\." && fail "bench/pipeline.sh left its nginx running"
 ls /dev/shm/tpo.pb* >/dev/null 2>&1 && fail "/dev/shm/tpo.pb* left behind"
-echo "bench_upstream: ok (3c against $base: model and key sent through tpo and direct, report and raw files written)"
+echo "bench_upstream: ok (3c against $base: model and key sent through tpo, nginx and direct, report and raw files written)"
