@@ -1046,18 +1046,20 @@ for n, (up, upname, updesc) in enumerate(UPS):
         md.append(f"A reference reverse proxy at the 50 and 90 % loads: nginx {o.get('nginx') or ''} in front of the same "
                   "upstream (a worker per core, keep-alive connections to the upstream, nothing buffered, no access "
                   "log; a warm-up run of its own first), taking its turn with tpo and direct: what a single-hop proxy "
-                  "costs on these cores. *tpo ÷ nginx*: added latency p50 through tpo over that through nginx.\n")
+                  "costs on these cores. *tpo ÷ nginx*: the added p50 through tpo over that through nginx (end to end; "
+                  "TTFT for streams, whose end to end is the upstream's pacing when it paces).\n")
         md.append("| load | through nginx p50 / p99 µs | added by nginx p50 / p99 µs | added by tpo p50 / p99 µs | tpo ÷ nginx | "
                   "TTFT added p50, nginx / tpo µs | not ok nginx |\n|---|---|---|---|---|---|---|")
         for kind, pct, r in ngr:
             n_ = r["nginx"]
-            a_t, a_n = r.get("added_e2e_p50_us"), r.get("nginx_added_e2e_p50_us")
+            q = "ttft" if kind == "stream" else "e2e"
+            a_t, a_n = r.get(f"added_{q}_p50_us"), r.get(f"nginx_added_{q}_p50_us")
             md.append(f"| {'non-streaming' if kind == 'plain' else 'streaming'} {pct} %"
                       f"{' (' + str(n_['runs']) + ' runs)' if n_['runs'] > 1 else ''} | "
                       f"{fmt(n_['e2e_ok_p50'])} / {fmt(n_['e2e_ok_p99'])} | "
-                      f"{fmt(a_n)} / {fmt(r.get('nginx_added_e2e_p99_us'))} | "
-                      f"{fmt(a_t)} / {fmt(r.get('added_e2e_p99_us'))} | "
-                      f"{ratio(a_t, a_n) if a_n and a_n > 0 else 'n/a'} | "
+                      f"{fmt(r.get('nginx_added_e2e_p50_us'))} / {fmt(r.get('nginx_added_e2e_p99_us'))} | "
+                      f"{fmt(r.get('added_e2e_p50_us'))} / {fmt(r.get('added_e2e_p99_us'))} | "
+                      f"{ratio(a_t, a_n) if a_n and a_n > 0 and a_t is not None and a_t > 0 else 'n/a'} | "
                       + (f"{fmt(r.get('nginx_added_ttft_p50_us'))} / {fmt(r.get('added_ttft_p50_us'))}" if kind == "stream" else "") +
                       f" | {n_['not_ok']}" + (f" ({n_['not_ok_kinds']})" if n_.get("not_ok_kinds") else "") + " |")
         md.append("")
@@ -1144,6 +1146,10 @@ for pol in SURGE_POLICIES:
             rec = x["t"] - (w + 15)
             break
     e["recovery_s"], e["recovery_limit_us"] = rec, r1(lim)
+    # sheds after the surge: in which of its seconds (the surge's admitted
+    # backlog can still fill a lane's budget when the 50 % phase starts)
+    after = [x for x in tl if x["t"] >= w + 15 and x.get("shed")]
+    e["after_shed_seconds"] = [x["t"] - (w + 15) for x in after]
     # the generator kept up when every phase left at its rate: nothing expired
     # unsent, and the surge's send lag p99 is within 1 ms
     e["generator_kept_up"] = all((p["send_lag_p99_us"] or 0) <= 1000 and (p["sent_of_offered"] or 0) >= 0.98
@@ -1193,7 +1199,12 @@ if su:
                   f"{ratio(a['ok_p99_us'], b['ok_p99_us'])}×. Recovery: {fmt(e['recovery_s'])} s after the surge ended, the slowest "
                   f"admitted answer of a second was back within {fmt(e['recovery_limit_us'])} µs with nothing shed. A request after "
                   f"the run: HTTP {e.get('status_after')}. Generator kept up: {'yes' if e['generator_kept_up'] else 'NO: the figures measure its backlog'} "
-                  f"(connections used {fmt(e['max_conns'])}, backlog overflow {e['backlog_overflow']}, extra responses {e['extra_responses']}).")
+                  f"(connections used {fmt(e['max_conns'])}, backlog overflow {e['backlog_overflow']}, extra responses {e['extra_responses']})."
+                  + (f" The {fmt(a['shed'])} shed after the surge were in its second{'s' if len(e['after_shed_seconds']) > 1 else ''} "
+                     f"{', '.join(str(t) for t in e['after_shed_seconds'])} (0: the first)"
+                     + (": the surge's admitted requests still held the lanes' budget when the 50 % phase began."
+                        if max(e["after_shed_seconds"]) <= 1 else ".")
+                     if a.get("shed") and e.get("after_shed_seconds") else ""))
     md.append("\nA 429 (reject_new) is the new request's own answer, sent as it arrives. A 503 under drop_oldest goes to an "
               "admitted request still waiting for inference, so its latency is the time it waited, not the shed path's.\n")
 
