@@ -223,16 +223,24 @@ stage_pids() {  # "stage lane pid" of running stage processes
 # but waiting for one) of every stage process and of the upstream, one line
 # "name pid cpu_ns wait_ns" each; read before and after a tpo run at 50 %
 # for the report's "where the CPU went".
-prof_read() {  # upstream-pid
+# With "nginx" as a second argument, nginx's master and workers instead of
+# the stages (its runs at 50 %: what a single-hop proxy uses at that load).
+prof_read() {  # upstream-pid [nginx]
 	local s l p
-	stage_pids | while read -r s l p; do
-		echo "$s $p $(cut -d' ' -f1,2 "/proc/$p/schedstat" 2>/dev/null)"
-	done
+	if [ "${2:-}" = nginx ]; then
+		for p in $NGINX_PID $(ps --ppid "$NGINX_PID" -o pid= 2>/dev/null); do
+			echo "nginx $p $(cut -d' ' -f1,2 "/proc/$p/schedstat" 2>/dev/null)"
+		done
+	else
+		stage_pids | while read -r s l p; do
+			echo "$s $p $(cut -d' ' -f1,2 "/proc/$p/schedstat" 2>/dev/null)"
+		done
+	fi
 	[ -n "$1" ] && echo "upstream $1 $(cut -d' ' -f1,2 "/proc/$1/schedstat" 2>/dev/null)"
 }
 
-prof_end() {  # out.json before-file upstream-pid wall-ns: deltas summed per name
-	prof_read "$3" > "$2.after"
+prof_end() {  # out.json before-file upstream-pid wall-ns [nginx]: deltas summed per name
+	prof_read "$3" "${5:-}" > "$2.after"
 	python3 - "$1" "$2" "$2.after" "$4" <<'EOF'
 import json, sys
 out, a, b, wall = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -515,8 +523,8 @@ overhead() {
 					u=$URL
 					[ $tgt = direct ] && u=$ubase/v1/chat/completions
 					[ $tgt = nginx ] && u=$NGINX_URL/v1/chat/completions
-					if [ $tgt = tpo ] && [ "$pct" = 50 ]; then
-						prof_read "$uppid" > "$TMP/prof.before"
+					if [ $tgt != direct ] && [ "$pct" = 50 ]; then
+						prof_read "$uppid" "${tgt#tpo}" > "$TMP/prof.before"
 						t0=$(date +%s%N)
 					fi
 					bench "$R/ovh.$up.$kind.$pct.$tgt.$run.json" --url "$u" --mode open \
@@ -525,6 +533,9 @@ overhead() {
 					if [ $tgt = tpo ] && [ "$pct" = 50 ]; then
 						prof_end "$R/prof.$up.$kind.$run.json" "$TMP/prof.before" "$uppid" \
 							$(($(date +%s%N) - t0))
+					elif [ $tgt = nginx ] && [ "$pct" = 50 ]; then
+						prof_end "$R/profng.$up.$kind.$run.json" "$TMP/prof.before" "$uppid" \
+							$(($(date +%s%N) - t0)) nginx
 					fi
 				done
 			done
@@ -859,16 +870,17 @@ def cap_row(fs):
 def sub(a, b):
     return r1(a - b) if a is not None and b is not None else None
 PROCS = ("stream", "rag", "assemble", "infer", "post")
-def profile(up, kind):
-    """Where the CPU went in the tpo runs at 50 %: per request sent (warm-up
-    included, as in the schedstat window), CPU and run-queue wait of each
-    stage (both lanes), tpo's five stages together, the upstream and the load
-    generator, and how busy the cores were; medians of the runs."""
+def profile(up, kind, tgt="tpo"):
+    """Where the CPU went in the tpo runs at 50 % (or nginx's, tgt "nginx"):
+    per request sent (warm-up included, as in the schedstat window), CPU and
+    run-queue wait of each stage (both lanes), tpo's five stages together (or
+    nginx's processes), the upstream and the load generator, and how busy the
+    cores were; medians of the runs."""
     per = []
-    for f in files(f"prof.{up}.{kind}.*.json"):
+    for f in files(f"{'prof' if tgt == 'tpo' else 'profng'}.{up}.{kind}.*.json"):
         p = load(f)
         run = f.rsplit(".", 2)[-2]
-        d = load(os.path.join(R, f"ovh.{up}.{kind}.50.tpo.{run}.json"))
+        d = load(os.path.join(R, f"ovh.{up}.{kind}.50.{tgt}.{run}.json"))
         n = (g(d, "total", "sent") or 0) + (g(d, "total", "offered_rate") or 0) * (d.get("warmup_s") or 0)
         wall = (p.get("wall_ns") or 0) / 1e9
         if not n or not wall or not p.get("procs"):
@@ -876,15 +888,16 @@ def profile(up, kind):
         e = {}
         for name, v in p["procs"].items():
             e[name] = {"cpu_us": v["cpu_ns"] / 1e3 / n, "wait_us": v["wait_ns"] / 1e3 / n}
-        e["tpo"] = {k: sum(e[s][k] for s in PROCS if s in e) for k in ("cpu_us", "wait_us")}
+        if tgt == "tpo":
+            e["tpo"] = {k: sum(e[s][k] for s in PROCS if s in e) for k in ("cpu_us", "wait_us")}
         e["generator"] = {"cpu_us": (d.get("client_cpu_s") or 0) * 1e6 / n, "wait_us": None}
-        busy = sum(e[k]["cpu_us"] for k in ("tpo", "upstream", "generator") if k in e) * n / 1e6
+        busy = sum(e[k]["cpu_us"] for k in (tgt, "upstream", "generator") if k in e) * n / 1e6
         e["busy_pct"] = 100 * busy / (wall * (machine.get("cores") or 1))
         per.append(e)
     if not per:
         return None
     out_ = {"runs": len(per)}
-    for name in PROCS + ("tpo", "upstream", "generator"):
+    for name in PROCS + ("tpo", "nginx", "upstream", "generator"):
         if any(name in e for e in per):
             out_[name] = {k: r1(med([g(e, name, k) for e in per])) for k in ("cpu_us", "wait_us")}
     out_["busy_pct"] = r1(med([e["busy_pct"] for e in per]))
@@ -971,6 +984,9 @@ for up, upname, updesc in UPS:
                 pr = profile(up, kind)
                 if pr:
                     row["profile"] = pr
+                pr = profile(up, kind, "nginx")
+                if pr:
+                    row["profile_nginx"] = pr
             if row:
                 rows[f"{kind}.{pct}"] = row
     if caps or rows:
@@ -1075,6 +1091,15 @@ for n, (up, upname, updesc) in enumerate(UPS):
         for k, nm in names:
             md.append(f"| {nm} | " + " | ".join(f"{fmt(g(p, k, 'cpu_us'))} / {fmt(g(p, k, 'wait_us'))}" for _, p in profs) + " |")
         md.append(f"| the {machine.get('cores')} cores busy | " + " | ".join(f"{fmt(p['busy_pct'])} %" for _, p in profs) + " |")
+        png = [rows.get(f"{kind}.50", {}).get("profile_nginx") for kind, label in (("plain", "non-streaming"), ("stream", "streaming"))
+               if rows.get(f"{kind}.50", {}).get("profile")]
+        if any(png):
+            md.append("| *nginx's runs at the same load:* **nginx** (master and workers) | " +
+                      " | ".join(f"{fmt(g(p, 'nginx', 'cpu_us'))} / {fmt(g(p, 'nginx', 'wait_us'))}" if p else "n/a" for p in png) + " |")
+            md.append("| upstream / load generator, nginx's runs | " +
+                      " | ".join(f"{fmt(g(p, 'upstream', 'cpu_us'))} / {fmt(g(p, 'generator', 'cpu_us'))} (CPU)" if p else "n/a" for p in png) + " |")
+            md.append(f"| the {machine.get('cores')} cores busy, nginx's runs | " +
+                      " | ".join(f"{fmt(p['busy_pct'])} %" if p else "n/a" for p in png) + " |")
         md.append("")
     pa = o.get("pipeline_alone") or {}
     if pa:
@@ -1359,7 +1384,9 @@ def why_load(kind, q="p50"):
     pa = g(ovh_all, "serve", "pipeline_alone", kind) or {}
     alone = pa.get("added_ttft_p50_us" if kind == "stream" else "added_e2e_p50_us")
     ng = g(ovh, f"{kind}.50", f"nginx_added_{'ttft' if kind == 'stream' else 'e2e'}_{q}_us")
-    return ((f"nginx in front of the same upstream at the same load added {fmt(ng)} µs {q}; " if ng is not None else "") +
+    ngcpu = g(ovh, f"{kind}.50", "profile_nginx", "nginx", "cpu_us")
+    return ((f"nginx in front of the same upstream at the same load added {fmt(ng)} µs {q}"
+             + (f" using {fmt(ngcpu)} µs of CPU per request" if ngcpu is not None else "") + "; " if ng is not None else "") +
             f"at that load the {machine.get('cores')} cores were {fmt(p['busy_pct'])} % busy; per request tpo's stages "
             f"used {fmt(g(p, 'tpo', 'cpu_us'))} µs of CPU ({top} {fmt(g(p, top, 'cpu_us'))}) and waited "
             f"{fmt(g(p, 'tpo', 'wait_us'))} µs for one, the upstream {fmt(g(p, 'upstream', 'cpu_us'))}, the generator "
