@@ -1,22 +1,38 @@
 # bench/lib.sh — shell helpers of bench/pipeline.sh and bench/profile.sh (sourced).
 
 # stop_pid PID [TENTHS]: TERM, wait up to TENTHS tenths of a second (150),
-# then KILL; reaps it. Nothing to do for an empty or dead PID.
+# then KILL; reaps it. Nothing to do for an empty or dead PID. Safe under
+# set -e (a process already gone is not an error).
 stop_pid() {
 	local p=$1 n=${2:-150} i
 	[ -n "$p" ] || return 0
-	kill -0 "$p" 2>/dev/null || { wait "$p" 2>/dev/null; return 0; }
-	kill -TERM "$p" 2>/dev/null
+	kill -0 "$p" 2>/dev/null || { wait "$p" 2>/dev/null || true; return 0; }
+	kill -TERM "$p" 2>/dev/null || true
 	for i in $(seq "$n"); do
 		kill -0 "$p" 2>/dev/null || break
 		sleep 0.1
 	done
-	kill -KILL "$p" 2>/dev/null
-	wait "$p" 2>/dev/null
+	kill -KILL "$p" 2>/dev/null || true
+	wait "$p" 2>/dev/null || true
 	return 0
 }
 
 # free_port: a TCP port on 127.0.0.1 free a moment ago.
 free_port() {
 	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# bench_setup: the common ending of a bench script's set-up, for scripts that
+# keep NAME (instance), TMP (scratch dir), SUP_PID and SERVE_PID and define
+# log(): on exit stop both (30 s for the supervisor: stages under callgrind
+# write their counts as they exit), remove the instance's segments and TMP;
+# then check that BUILD holds every program (exit 111 if not).
+bench_setup() {
+	trap 'stop_pid "$SUP_PID" 300; stop_pid "$SERVE_PID"
+	      rm -f /dev/shm/tpo."$NAME".* 2>/dev/null; rm -rf "$TMP"' EXIT
+	trap 'exit 130' INT TERM
+	local f
+	for f in tpo-supervisor tpo-bench tpo-stream tpo-rag tpo-assemble tpo-infer tpo-post; do
+		[ -x "$BUILD/$f" ] || { log "fatal: $BUILD/$f missing: build first"; exit 111; }
+	done
 }

@@ -557,7 +557,7 @@ if ! skipped overhead; then
 		exit 111
 	# The pipeline alone: the same half load through tpo running the mock
 	# worker (no upstream hop), alternating with the same load
-	# straight to --serve: what the five stages add by themselves on these
+	# straight to --serve: what tpo's stages add by themselves on these
 	# cores, so the report can split the added latency in two.
 	start_tpo "$(config cap)" || exit 111
 	for kind in plain stream; do
@@ -828,7 +828,7 @@ md.append(f"Machine: {machine.get('cpu')} — {machine.get('cores')} vCPUs ({mac
 md.append("Scenarios 2, 5 and 6 run tpo with its mock worker at unlimited speed (tokens_per_second 0), scenario 4 "
           "with the mock at a fixed token rate (its capacity bounded by the model); "
           "scenario 2's baseline `base` is `tpo-bench --serve`, a bare single-threaded OpenAI-compatible responder "
-          "that answers at once with the same number of tokens, so `tpo - base` is what the five stages add to one "
+          "that answers at once with the same number of tokens, so `tpo - base` is what tpo's stages add to one "
           "HTTP hop. Scenario 3 puts tpo in front of an upstream (the openai worker) and compares it with the "
           "same load sent straight to that upstream.\n")
 
@@ -873,7 +873,7 @@ PROCS = ("stream", "rag", "assemble", "infer", "post")
 def profile(up, kind, tgt="tpo"):
     """Where the CPU went in the tpo runs at 50 % (or nginx's, tgt "nginx"):
     per request sent (warm-up included, as in the schedstat window), CPU and
-    run-queue wait of each stage (both lanes), tpo's five stages together (or
+    run-queue wait of each stage (both lanes), tpo's stages together (or
     nginx's processes), the upstream and the load generator, and how busy the
     cores were; medians of the runs."""
     per = []
@@ -905,7 +905,7 @@ def profile(up, kind, tgt="tpo"):
 def pipeline_alone():
     """The half load through tpo with the mock worker (no upstream hop)
     against the same load straight to --serve, alternating: what
-    the five stages add by themselves (medians of the runs)."""
+    tpo's stages add by themselves (medians of the runs)."""
     pa = {}
     for kind in ("plain", "stream"):
         row = {}
@@ -1002,7 +1002,7 @@ if ovh_all:
 ovh = g(ovh_all, "serve", "loads") or {}
 if ovh_all:
     md.append("## 3. Overhead: the same load straight to an upstream and through tpo proxying to it\n")
-    md.append("tpo runs the `openai` worker with the upstream as its only endpoint (all five stages, one more HTTP hop: "
+    md.append("tpo runs the `openai` worker with the upstream as its only endpoint (stream, assemble, infer and post: no retrieval is configured, so no rag process runs (`stages.rag.enabled` \"auto\"); one more HTTP hop: "
               "tpo-infer's own HTTP/1.1 client for an http:// URL at an IP address, libcurl for others, "
               "docs/workers.md); `direct` is the same tpo-bench load sent straight to the upstream; added = tpo − direct. "
               "tpo's proxied capacity is measured first, closed loop. With `tpo-bench --serve` as the upstream the "
@@ -1013,7 +1013,7 @@ if ovh_all:
               "waiting at every hop each wake-up of a stage serves a batch; open-loop arrivals wake every stage for "
               "almost every request, which costs more CPU per request. With mock-llm (paced answers) the loads are "
               "percentages of the closed-loop capacity, and so with an upstream given on the command line (3c). Both are sent to tpo and straight to the upstream. "
-              "Everything (load generator, upstream, ten tpo processes) shares the two cores.\n")
+              "Everything (load generator, upstream, tpo's eight processes) shares the two cores.\n")
 for n, (up, upname, updesc) in enumerate(UPS):
     o = ovh_all.get(up)
     if not o:
@@ -1087,7 +1087,7 @@ for n, (up, upname, updesc) in enumerate(UPS):
                   "added latency; each stage summed over its lanes; the generator's is its own getrusage):\n")
         md.append("| process | " + " | ".join(f"{l}: CPU / waiting µs" for l, _ in profs) + " |\n|---|" + "---|" * len(profs))
         names = (("stream", "stream (front)"), ("rag", "rag"), ("assemble", "assemble"), ("infer", "infer"), ("post", "post"),
-                 ("tpo", "**tpo, five stages**"), ("upstream", "upstream"), ("generator", "load generator"))
+                 ("tpo", "**tpo, all its stages**"), ("upstream", "upstream"), ("generator", "load generator"))
         for k, nm in names:
             md.append(f"| {nm} | " + " | ".join(f"{fmt(g(p, k, 'cpu_us'))} / {fmt(g(p, k, 'wait_us'))}" for _, p in profs) + " |")
         md.append(f"| the {machine.get('cores')} cores busy | " + " | ".join(f"{fmt(p['busy_pct'])} %" for _, p in profs) + " |")

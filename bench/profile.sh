@@ -34,19 +34,8 @@ SUP_PID= SERVE_PID=
 
 log() { printf 'profile: %s\n' "$*" >&2; }
 
-. "$ROOT/bench/lib.sh"   # stop_pid, free_port
-cleanup() {
-	# up to 30 s: the stages under callgrind write their counts at exit
-	stop_pid "$SUP_PID" 300; stop_pid "$SERVE_PID"
-	rm -f /dev/shm/tpo."$NAME".* 2>/dev/null
-	rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-for f in tpo-supervisor tpo-bench tpo-stream tpo-rag tpo-assemble tpo-infer tpo-post; do
-	[ -x "$BUILD/$f" ] || { log "fatal: $BUILD/$f missing: build first"; exit 111; }
-done
+. "$ROOT/bench/lib.sh"   # stop_pid, free_port, bench_setup
+bench_setup
 if ! command -v valgrind >/dev/null; then
 	if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
 		log "installing valgrind with apt-get"
@@ -156,22 +145,28 @@ for case, title in CASES:
     lo, ti_lo, fn_lo = run(case, "low"); hi, ti_hi, fn_hi = run(case, "high")
     dn = hi["sent"] - lo["sent"]
     bad = (lo["sent"] - lo["ok"]) + (hi["sent"] - hi["ok"])
-    per = {s: (ti_hi[s] - ti_lo[s]) / dn for s in STAGES}
+    # A stage without processes (rag with no retrieval configured) left no files.
+    present = [s for s in STAGES if ti_hi[s] or ti_lo[s]]
+    per = {s: (ti_hi[s] - ti_lo[s]) / dn for s in present}
     top = {}
-    for s in STAGES:
+    for s in present:
         d = {f: (fn_hi[s][f] - fn_lo[s][f]) / dn for f in set(fn_hi[s]) | set(fn_lo[s])}
         top[s] = sorted(((f, v) for f, v in d.items() if v >= 20), key=lambda x: -x[1])[:12]
     report["cases"][case] = {"requests": [lo["sent"], hi["sent"]], "not_ok": bad,
-                             "instructions_per_request": {s: round(per[s]) for s in STAGES},
+                             "instructions_per_request": {s: round(per[s]) for s in present},
+                             "absent": [s for s in STAGES if s not in present],
                              "total": round(sum(per.values())),
-                             "top": {s: [[f, round(v)] for f, v in top[s]] for s in STAGES}}
+                             "top": {s: [[f, round(v)] for f, v in top[s]] for s in present}}
     md.append(f"\n## {title}\n\n{lo['sent']} and {hi['sent']} requests"
               + (f", {bad} not answered 200 (the figures are suspect)" if bad else ", all answered") + ".\n")
     md.append("| stage | instructions per request | largest parts (instructions per request) |\n|---|---:|---|")
     for s in STAGES:
+        if s not in present:
+            md.append(f"| {s} | no process | (`stages.rag.enabled` \"auto\" without retrieval: the fronts write into assemble's rings) |")
+            continue
         parts = ", ".join(f"{f} {v:,.0f}" for f, v in top[s][:5])
         md.append(f"| {s} | {per[s]:,.0f} | {parts} |")
-    md.append(f"| **all five** | **{sum(per.values()):,.0f}** | |")
+    md.append(f"| **all {len(present)} stages** | **{sum(per.values()):,.0f}** | |")
 json.dump(report, open(f"{res}/profile.json", "w"), indent=1)
 open(f"{res}/profile.md", "w").write("\n".join(md) + "\n")
 print("\n".join(md))

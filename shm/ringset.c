@@ -27,16 +27,19 @@ int tpo_stage_from_name(const char *name)
 #define ALIGN_UP(x, a) (((x) + (a) - 1) & ~((uint64_t)(a) - 1))
 
 /* Calls fn for every ring in creation order; returns the count. */
-static uint32_t each_ring(uint32_t nlanes,
+static uint32_t each_ring(uint32_t nlanes, uint32_t absent,
 			  void (*fn)(void *arg, uint32_t id, int fs, int fl, int ts, int tl),
 			  void *arg)
 {
+	int rag = !(absent & (1u << TPO_ST_RAG));
 	uint32_t id = 0, i, j;
 
 	for (i = 0; i < nlanes; i++) {
 		for (j = 0; j < nlanes; j++)
-			fn(arg, id++, TPO_ST_STREAM, (int)j, TPO_ST_RAG, (int)i);
-		fn(arg, id++, TPO_ST_RAG, (int)i, TPO_ST_ASSEMBLE, (int)i);
+			fn(arg, id++, TPO_ST_STREAM, (int)j,
+			   rag ? TPO_ST_RAG : TPO_ST_ASSEMBLE, (int)i);
+		if (rag)
+			fn(arg, id++, TPO_ST_RAG, (int)i, TPO_ST_ASSEMBLE, (int)i);
 		fn(arg, id++, TPO_ST_ASSEMBLE, (int)i, TPO_ST_INFER, (int)i);
 		fn(arg, id++, TPO_ST_INFER, (int)i, TPO_ST_POST, (int)i);
 		for (j = 0; j < nlanes; j++)
@@ -88,15 +91,16 @@ int tpo_ringset_create(struct tpo_ringset *rs, const char *instance,
 	int err;
 
 	memset(rs, 0, sizeof(*rs));
-	if (spec->nlanes == 0 || spec->nlanes > TPO_RINGSET_MAX_LANES)
+	if (spec->nlanes == 0 || spec->nlanes > TPO_RINGSET_MAX_LANES ||
+	    (spec->absent & ~(1u << TPO_ST_RAG)))
 		return -EINVAL;
-	nrings = each_ring(spec->nlanes, noop, NULL);
+	nrings = each_ring(spec->nlanes, spec->absent, noop, NULL);
 	clen = spec->config ? (uint32_t)strlen(spec->config) : 0;
 	adm_off = TPO_SEG_HDR_SIZE + sizeof(struct tpo_ringset_hdr) +
 		  (uint64_t)nrings * sizeof(struct tpo_ringset_ent);
 	config_off = adm_off + ADM_SIZE;
 	l.off = config_off + clen + 1;
-	each_ring(spec->nlanes, place, &l);
+	each_ring(spec->nlanes, spec->absent, place, &l);
 	size = ALIGN_UP(l.off, 4096);
 
 	err = tpo_seg_create(&rs->seg, instance, "rings", TPO_SEG_RINGS, size);
@@ -118,7 +122,8 @@ int tpo_ringset_create(struct tpo_ringset *rs, const char *instance,
 	l.base = rs->seg.base;
 	l.off = config_off + clen + 1;
 	l.err = 0;
-	each_ring(spec->nlanes, place, &l);
+	rs->hdr->absent = spec->absent;
+	each_ring(spec->nlanes, spec->absent, place, &l);
 	if (l.err < 0) {
 		tpo_seg_close(&rs->seg);
 		tpo_seg_unlink(instance, "rings");
@@ -144,7 +149,8 @@ int tpo_ringset_attach(struct tpo_ringset *rs, const char *instance)
 	       (uint64_t)rs->hdr->nrings * sizeof(*rs->ent);
 	if (need > rs->seg.size || rs->hdr->adm_off < need ||
 	    (uint64_t)rs->hdr->adm_off + ADM_SIZE > rs->seg.size ||
-	    (uint64_t)rs->hdr->config_off + rs->hdr->config_len + 1 > rs->seg.size)
+	    (uint64_t)rs->hdr->config_off + rs->hdr->config_len + 1 > rs->seg.size ||
+	    (rs->hdr->absent & ~(1u << TPO_ST_RAG)))
 		goto err_bad;
 	for (uint32_t i = 0; i < rs->hdr->nrings; i++)
 		if (rs->ent[i].offset + tpo_ring_footprint(rs->ent[i].capacity) > rs->seg.size)
@@ -161,6 +167,20 @@ void tpo_ringset_close(struct tpo_ringset *rs)
 	tpo_seg_close(&rs->seg);
 	rs->hdr = NULL;
 	rs->ent = NULL;
+}
+
+int tpo_ringset_next(const struct tpo_ringset *rs, int s)
+{
+	int n = s == TPO_ST_POST ? TPO_ST_STREAM : s + 1;
+
+	return (rs->hdr->absent & (1u << n)) ? n + 1 : n;
+}
+
+int tpo_ringset_prev(const struct tpo_ringset *rs, int s)
+{
+	int p = s == TPO_ST_STREAM ? TPO_ST_POST : s - 1;
+
+	return (rs->hdr->absent & (1u << p)) ? p - 1 : p;
 }
 
 int tpo_ringset_index(const struct tpo_ringset *rs, int from_stage, int from_lane,

@@ -21,6 +21,8 @@
  *   stream_j -> rag_i        all pairs (the ingress mesh), index ingress(j, i)
  *   rag_i -> assemble_i, assemble_i -> infer_i, infer_i -> post_i
  *   post_i -> stream_j       all pairs (the egress mesh)
+ * An instance without rag processes (hdr.absent has bit TPO_ST_RAG) has
+ * stream_j -> assemble_i as its ingress mesh and no rag_i -> assemble_i.
  * tpo_ringset_find() looks a ring up by its two ends; nothing depends on the
  * order but the creator.
  */
@@ -34,7 +36,8 @@
 #include "shm/ring.h"
 #include "shm/seg.h"
 
-#define TPO_RINGSET_VERSION 2   /* 2: ring header 256 bytes, sleep flags on their own line */
+#define TPO_RINGSET_VERSION 3   /* 2: ring header 256 bytes, sleep flags on their own line;
+				   3: stages may be absent (hdr.absent) */
 #define TPO_RINGSET_MAX_LANES 16
 
 enum tpo_stage_id {
@@ -54,9 +57,12 @@ struct tpo_ringset_hdr {
 	uint32_t max_len;
 	uint32_t adm_off;        /* admission table, from the segment base */
 	uint64_t generation;     /* bumped by the supervisor on reload */
-	uint8_t  reserved1[32];
+	uint32_t absent;         /* bit 1 << stage: a stage with no processes (only rag) */
+	uint8_t  reserved1[28];
 };
 _Static_assert(sizeof(struct tpo_ringset_hdr) == 64, "ringset hdr");
+_Static_assert(offsetof(struct tpo_ringset_hdr, generation) == 24, "ringset generation");
+_Static_assert(offsetof(struct tpo_ringset_hdr, absent) == 32, "ringset absent");
 
 struct tpo_ringset_ent {
 	uint64_t offset;         /* from the segment base */
@@ -81,6 +87,7 @@ struct tpo_ringset_spec {
 	uint32_t nlanes;
 	uint32_t max_len;
 	uint64_t capacity[TPO_ST_COUNT];
+	uint32_t absent;         /* bit 1 << TPO_ST_RAG: no rag rings (nothing else may be absent) */
 	const char *config;      /* effective configuration JSON */
 };
 
@@ -90,6 +97,11 @@ int tpo_ringset_create(struct tpo_ringset *rs, const char *instance,
 /* Maps an existing, published ring set (read-write: stages own their rings). */
 int tpo_ringset_attach(struct tpo_ringset *rs, const char *instance);
 void tpo_ringset_close(struct tpo_ringset *rs);
+
+/* The stage whose processes read what stage s writes (rag may be absent). */
+int tpo_ringset_next(const struct tpo_ringset *rs, int s);
+/* The stage whose processes write what stage s reads. */
+int tpo_ringset_prev(const struct tpo_ringset *rs, int s);
 
 /* The ring joining (from_stage, from_lane) to (to_stage, to_lane), or NULL. */
 void *tpo_ringset_find(const struct tpo_ringset *rs, int from_stage, int from_lane,

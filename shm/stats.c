@@ -575,7 +575,7 @@ const char *tpo_stats_stage_name(int stage)
 const char *tpo_unit_state_name(int state)
 {
 	static const char *const names[TPO_UNIT_NSTATES] = {
-		"stopped", "running", "backoff", "open", "half-open", "failed", "stopping"
+		"stopped", "running", "backoff", "open", "half-open", "failed", "stopping", "off"
 	};
 
 	return state >= 0 && state < TPO_UNIT_NSTATES ? names[state] : "?";

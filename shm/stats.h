@@ -127,6 +127,7 @@ enum tpo_unit_state {
 	TPO_UNIT_HALF_OPEN,
 	TPO_UNIT_FAILED,
 	TPO_UNIT_STOPPING,      /* the supervisor's transient state */
+	TPO_UNIT_OFF,           /* the configuration runs no process here (rag) */
 	TPO_UNIT_NSTATES
 };
 

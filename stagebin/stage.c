@@ -69,16 +69,15 @@ static int bell_of(const struct tpo_stage *st, int stage, int lane)
 static int open_rings(struct tpo_stage *st)
 {
 	int s = st->stage, l = st->lane, n = st->nlanes, k, err;
-	int in_from = -1, out_to = -1, mesh_in = 0, mesh_out = 0;
+	int in_from, out_to, mesh_in, mesh_out;
 
-	switch (s) {
-	case TPO_ST_STREAM:   in_from = TPO_ST_POST; mesh_in = 1; out_to = TPO_ST_RAG; mesh_out = 1; break;
-	case TPO_ST_RAG:      in_from = TPO_ST_STREAM; mesh_in = 1; out_to = TPO_ST_ASSEMBLE; break;
-	case TPO_ST_ASSEMBLE: in_from = TPO_ST_RAG; out_to = TPO_ST_INFER; break;
-	case TPO_ST_INFER:    in_from = TPO_ST_ASSEMBLE; out_to = TPO_ST_POST; break;
-	case TPO_ST_POST:     in_from = TPO_ST_INFER; out_to = TPO_ST_STREAM; mesh_out = 1; break;
-	default: return -EINVAL;
-	}
+	if (s < 0 || s >= TPO_ST_COUNT || (st->rs.hdr->absent & (1u << s)))
+		return -EINVAL;
+	/* Without rag the fronts write straight into assemble's rings. */
+	in_from = tpo_ringset_prev(&st->rs, s);
+	out_to = tpo_ringset_next(&st->rs, s);
+	mesh_in = in_from == TPO_ST_STREAM || s == TPO_ST_STREAM;
+	mesh_out = s == TPO_ST_STREAM || s == TPO_ST_POST;
 	st->nin = mesh_in ? n : 1;
 	for (k = 0; k < st->nin; k++) {
 		int pl = mesh_in ? k : l;
@@ -211,6 +210,12 @@ int tpo_stage_init(struct tpo_stage *st, int stage, int argc, char **argv)
 		tpo_log(LOG_ERR, "fatal: unable to attach /tpo.%s.stats: %s",
 			st->instance, tpo_seg_strerror(err));
 		return EX_SYSTEM;
+	}
+	if (st->rs.hdr->absent & (1u << stage)) {
+		tpo_log(LOG_ERR, "fatal: instance '%s' runs without %s processes "
+			"(stages.%s.enabled)", st->instance, tpo_stage_name(stage),
+			tpo_stage_name(stage));
+		return EX_CONFIG;
 	}
 	err = open_rings(st);
 	if (err < 0) {

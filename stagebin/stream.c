@@ -320,12 +320,15 @@ static uint64_t hash64(const char *s, size_t n)
 	return h ^ (h >> 29);
 }
 
-/* A lane can take requests when every stage unit of it is running. */
+/* A lane can take requests when every stage unit of it is running (or
+ * runs no process: rag without retrieval). */
 static int lane_up(int lane)
 {
-	for (int s = 0; s < TPO_ST_COUNT; s++)
-		if (tpo_stats_unit_state(&st.stats, s, lane) != TPO_UNIT_RUNNING)
+	for (int s = 0; s < TPO_ST_COUNT; s++) {
+		int u = tpo_stats_unit_state(&st.stats, s, lane);
+		if (u != TPO_UNIT_RUNNING && u != TPO_UNIT_OFF)
 			return 0;
+	}
 	return 1;
 }
 

@@ -704,6 +704,20 @@ static void parse_spin(struct ctx *x, int i, void *p)
 	err(x, val_off(t), "expected \"auto\" or an integer in 0..10000000");
 }
 
+static void parse_rag_enabled(struct ctx *x, int i, void *p)
+{
+	const jsmntok_t *t = &x->t[i];
+
+	if (t->type == JSMN_STRING && tpo_json_tok_eq(x->js, t, "auto"))
+		*(uint32_t *)p = TPO_RAG_AUTO;
+	else if (t->type == JSMN_PRIMITIVE && tpo_json_tok_eq(x->js, t, "true"))
+		*(uint32_t *)p = TPO_RAG_ON;
+	else if (t->type == JSMN_PRIMITIVE && tpo_json_tok_eq(x->js, t, "false"))
+		*(uint32_t *)p = TPO_RAG_OFF;
+	else
+		err(x, val_off(t), "expected \"auto\", true or false");
+}
+
 /* ---- schema ---------------------------------------------------------- */
 
 #define U32(k, T, m, lo, hi) { .key = k, .kind = K_U32, .off = offsetof(T, m), .min = lo, .max = hi }
@@ -726,6 +740,7 @@ static const char *const balance_names[] = { "least_inflight", "session_hash", N
 
 static void dump_lanes(struct out *o, const void *p);
 static void dump_spin(struct out *o, const void *p);
+static void dump_rag_enabled(struct out *o, const void *p);
 
 static const struct field rings_tab[] = {
 	{ .key = "capacity", .kind = K_POW2, .off = offsetof(struct tpo_config_rings, capacity),
@@ -778,6 +793,8 @@ static const struct field stream_tab[] = {
 #define RAG struct tpo_config_rag
 static const struct field rag_tab[] = {
 	RCAP(RAG, ring_capacity),
+	{ .key = "enabled", .kind = K_CUSTOM, .off = offsetof(RAG, enabled),
+	  .parse = parse_rag_enabled, .dump = dump_rag_enabled },
 	STR("context_file", K_STRNULL, RAG, context_file, 1, TPO_CONFIG_PATH_LEN - 1, NULL),
 	U32("max_context_bytes", RAG, max_context_bytes, 0, 16777216),
 	END
@@ -1047,6 +1064,12 @@ static void check_cross(struct ctx *x)
 	check_order(x, "stages.infer.retries.base_ms", in->retries.base_ms,
 		    "stages.infer.retries.cap_ms", in->retries.cap_ms);
 
+	if (c->stages.rag.enabled == TPO_RAG_OFF && c->stages.rag.context_file[0] &&
+	    !seen_bad(x, "stages.rag.context_file"))
+		err_at(x, "stages.rag.enabled", seen_off(x, "stages.rag.enabled"),
+		       "expected true or \"auto\": stages.rag.context_file is set, "
+		       "and retrieval runs in the rag stage");
+
 	if (seen_bad(x, "stages.infer.worker"))
 		return;
 	if (in->worker != TPO_WORKER_MOCK && in->worker != TPO_WORKER_PLUGIN &&
@@ -1257,6 +1280,14 @@ uint64_t tpo_config_ring_capacity(const struct tpo_config *c, int stage)
 	return v ? v : c->rings.capacity;
 }
 
+int tpo_config_stage_runs(const struct tpo_config *c, int stage)
+{
+	if (stage != TPO_ST_RAG)
+		return 1;
+	return c->stages.rag.enabled == TPO_RAG_ON ||
+	       (c->stages.rag.enabled == TPO_RAG_AUTO && c->stages.rag.context_file[0]);
+}
+
 /* ---- dump ------------------------------------------------------------ */
 
 struct out {
@@ -1311,6 +1342,13 @@ static void dump_spin(struct out *o, const void *p)
 		put(o, "\"auto\"");
 	else
 		put(o, "%" PRId64, v);
+}
+
+static void dump_rag_enabled(struct out *o, const void *p)
+{
+	uint32_t v = *(const uint32_t *)p;
+
+	put(o, "%s", v == TPO_RAG_ON ? "true" : v == TPO_RAG_OFF ? "false" : "\"auto\"");
 }
 
 static void dump_obj(struct out *o, const struct field *tab, const void *base, int ind);

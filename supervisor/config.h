@@ -115,8 +115,16 @@ struct tpo_config_stream {
 	uint64_t ring_capacity;        /* 0 = rings.capacity (same in every stage) */
 };
 
+/* "stages.rag.enabled": whether each lane runs a rag process. */
+enum tpo_config_rag_enabled {
+	TPO_RAG_AUTO = 0,              /* when context_file is set */
+	TPO_RAG_ON   = 1,
+	TPO_RAG_OFF  = 2,
+};
+
 struct tpo_config_rag {
 	uint64_t ring_capacity;
+	uint32_t enabled;              /* enum tpo_config_rag_enabled */
 	char     context_file[TPO_CONFIG_PATH_LEN];   /* "" = none */
 	uint32_t max_context_bytes;
 };
@@ -250,6 +258,13 @@ int tpo_config_dump(const struct tpo_config *c, char *buf, size_t cap);
  * 0 for an unknown stage.
  */
 uint64_t tpo_config_ring_capacity(const struct tpo_config *c, int stage);
+
+/*
+ * Whether a stage has processes: every stage but rag always; rag when
+ * stages.rag.enabled is true, or "auto" with a context_file. Without rag
+ * the fronts' rings lead straight to assemble (shm/ringset.h).
+ */
+int tpo_config_stage_runs(const struct tpo_config *c, int stage);
 
 /* The embedded default configuration (supervisor/default_config.c). */
 extern const char tpo_default_config[];

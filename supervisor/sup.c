@@ -69,6 +69,7 @@ struct unit {
 	uint64_t kill_at_ms;      /* SIGKILL if still alive then (0: none) */
 	uint64_t spawned_ms;
 	int last_status, last_code, last_signal;
+	int off;                  /* the configuration runs no process here */
 	int pub_state;            /* state last published, for state_since */
 	uint64_t since_ns;
 };
@@ -256,6 +257,8 @@ static void step(struct sup *s, struct unit *u, int type, int code, int signo)
 	enum tpo_fsm_action act;
 	int err;
 
+	if (u->off)
+		return;
 	act = tpo_fsm_step(&u->fsm, &s->fp, &ev, t, rand32(s), &deadline);
 	switch (act) {
 	case TPO_ACT_SPAWN:
@@ -427,6 +430,8 @@ static int unit_ready(struct sup *s, struct unit *u)
 {
 	struct tpo_proc_snapshot p;
 
+	if (u->off)
+		return 1;
 	return u->pid > 0 && u->fsm.state == TPO_FSM_RUNNING &&
 	       tpo_stats_read_proc(&s->stats, u->stage, u->lane, &p) == 0 &&
 	       p.child_pid == u->pid;
@@ -650,8 +655,11 @@ int tpo_sup_run(const struct tpo_config *cfg, const char *config_path)
 	memset(&spec, 0, sizeof(spec));
 	spec.nlanes = (uint32_t)s->nlanes;
 	spec.max_len = cfg->rings.max_record;
-	for (int st = 0; st < TPO_ST_COUNT; st++)
+	for (int st = 0; st < TPO_ST_COUNT; st++) {
 		spec.capacity[st] = tpo_config_ring_capacity(cfg, st);
+		if (!tpo_config_stage_runs(cfg, st))
+			spec.absent |= 1u << st;
+	}
 	spec.config = dump;
 	e = tpo_ringset_create(&s->rs, s->name, &spec);
 	if (e < 0) {
@@ -708,6 +716,16 @@ int tpo_sup_run(const struct tpo_config *cfg, const char *config_path)
 			u->last_status = u->last_code = -1;
 			u->pub_state = -1;
 			tpo_fsm_init(&u->fsm);
+			if (spec.absent & (1u << st)) {
+				struct tpo_stats_sup_info v = {
+					.state = TPO_UNIT_OFF, .last_status = -1,
+					.last_exit_code = -1,
+					.state_since_ns = tpo_now_ns(),
+				};
+				u->off = 1;
+				tpo_stats_sup_set(&s->stats, st, l, &v);
+				continue;
+			}
 			step(s, u, TPO_EV_START, 0, 0);
 		}
 	}

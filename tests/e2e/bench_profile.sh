@@ -40,6 +40,10 @@ d = json.load(open(sys.argv[1]))["cases"]
 assert set(d) == {"mock", "proxy_stream"}, f"cases {sorted(d)}"
 for case, c in d.items():
     assert c["not_ok"] == 0, f"{case}: {c['not_ok']} requests not answered 200"
+    # The bench runs the default: no retrieval, so no rag process.
+    assert c["absent"] == ["rag"], f"{case}: absent stages {c['absent']}"
+    assert set(c["instructions_per_request"]) == {"stream", "assemble", "infer", "post"}, \
+        f"{case}: stages {sorted(c['instructions_per_request'])}"
     for stage, n in c["instructions_per_request"].items():
         assert n > 100, f"{case}: {stage} {n} instructions per request"
     assert c["top"]["infer"], f"{case}: no functions for infer"

@@ -38,7 +38,8 @@ fail() { echo "top_metrics: FAIL: $*"; exit 1; }
 cat >"$dir/cfg.json" <<EOF
 { "name": "$name", "listen": "127.0.0.1:$port", "lanes": 2, "drain_timeout_ms": 1000,
   "restart": { "base_ms": 2000, "cap_ms": 4000, "jitter_pct": 0 },
-  "stages": { "infer": { "worker": "mock",
+  "stages": { "rag": { "enabled": true },
+              "infer": { "worker": "mock",
               "mock": { "tokens_per_second": 40, "max_tokens": 40, "seed": 0 } } } }
 EOF
 "$BUILD/tpo-supervisor" start -c "$dir/cfg.json" --name "$name" >"$dir/sup.log" 2>&1 &

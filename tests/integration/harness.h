@@ -883,7 +883,8 @@ H_FN void h_wait_all_up(const struct h_inst *in)
 			for (uint32_t l = 0; l < info.nlanes && up; l++) {
 				struct tpo_proc_snapshot p;
 				h_proc(&st, s, (int)l, &p);
-				up = p.state == TPO_UNIT_RUNNING && p.pid > 0 && p.child_pid == p.pid;
+				up = p.state == TPO_UNIT_OFF ||
+				     (p.state == TPO_UNIT_RUNNING && p.pid > 0 && p.child_pid == p.pid);
 			}
 		if (!up)
 			h_sleep_ms(5);

@@ -21,7 +21,8 @@
 
 #define OLD_CFG \
 	"{\"lanes\": 1, \"restart\": {\"base_ms\": 10, \"cap_ms\": 50}," \
-	" \"stages\": {\"infer\": {\"mock\": {\"tokens_per_second\": 0, \"max_tokens\": 8}}}}"
+	" \"stages\": {\"rag\": {\"enabled\": true}," \
+	" \"infer\": {\"mock\": {\"tokens_per_second\": 0, \"max_tokens\": 8}}}}"
 
 static struct h_inst in;
 

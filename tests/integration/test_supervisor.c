@@ -7,7 +7,13 @@
 
 #include <sched.h>
 
+/* Five stages: rag runs without retrieval only when asked to. */
 #define FAST_CFG \
+	"{\"lanes\": 2, \"restart\": {\"base_ms\": 10, \"cap_ms\": 50}," \
+	" \"stages\": {\"rag\": {\"enabled\": true}," \
+	" \"infer\": {\"mock\": {\"tokens_per_second\": 0, \"max_tokens\": 8}}}}"
+/* The default without retrieval: no rag, the fronts write into assemble. */
+#define NORAG_CFG \
 	"{\"lanes\": 2, \"restart\": {\"base_ms\": 10, \"cap_ms\": 50}," \
 	" \"stages\": {\"infer\": {\"mock\": {\"tokens_per_second\": 0, \"max_tokens\": 8}}}}"
 
@@ -132,6 +138,57 @@ Test(supervisor, children_pinned_to_lane_cpu)
 	h_stop(&in);
 }
 
+/*
+ * Without retrieval there is no rag process: the rag units are "off", the
+ * fronts' rings lead to assemble, requests are answered, and a tpo-rag
+ * started by hand for the instance refuses to run (78).
+ */
+Test(supervisor, no_rag_process_without_retrieval)
+{
+	pid_t pids[TPO_NSTAGES * TPO_MAX_LANES];
+	struct tpo_stats st;
+	struct tpo_ringset rs;
+	char state[32], out[4096], path[4096];
+	char *argv[] = { path, "--instance", NULL, "--lane", "0", "--lanes", "2",
+			 "--bell-base", "100", NULL };
+	unsigned restarts;
+	int status;
+
+	h_start(&in, "norag", NORAG_CFG);
+	cr_assert_eq(h_stage_pids(&in, pids), 8);
+	h_stats_attach(&in, &st);
+	for (int l = 0; l < 2; l++) {
+		struct tpo_proc_snapshot p;
+		h_proc(&st, TPO_STAGE_RAG, l, &p);
+		cr_assert_eq(p.state, TPO_UNIT_OFF, "rag[%d] state %u", l, p.state);
+		cr_assert_eq(p.pid, 0);
+		cr_assert_eq(status_of("rag", l, state, &restarts), 0);
+		cr_assert_str_eq(state, "off");
+	}
+	tpo_stats_close(&st);
+	cr_assert_eq(tpo_ringset_attach(&rs, in.name), 0);
+	cr_assert_eq(rs.hdr->absent, 1u << TPO_ST_RAG);
+	for (int i = 0; i < 2; i++) {
+		for (int j = 0; j < 2; j++)
+			cr_assert_geq(tpo_ringset_index(&rs, TPO_ST_STREAM, j, TPO_ST_ASSEMBLE, i), 0);
+		cr_assert_lt(tpo_ringset_index(&rs, TPO_ST_STREAM, i, TPO_ST_RAG, i), 0);
+		cr_assert_lt(tpo_ringset_index(&rs, TPO_ST_RAG, i, TPO_ST_ASSEMBLE, i), 0);
+	}
+	cr_assert_eq(rs.hdr->nrings, 2 * 2 * 2 + 2 * 2);
+	tpo_ringset_close(&rs);
+	for (int l = 0; l < 2; l++) {
+		char sid[32];
+		session_for_lane(l, sid, sizeof(sid));
+		cr_assert_eq(chat_lane(sid, &status), l);
+		cr_assert_eq(status, 200);
+	}
+	snprintf(path, sizeof(path), "%s/tpo-rag", h_build());
+	argv[2] = in.name;
+	cr_assert_eq(h_run(argv, out, sizeof(out), H_HANG_MS), 78, "%s", out);
+	cr_assert(strstr(out, "runs without rag processes (stages.rag.enabled)"), "%s", out);
+	h_stop(&in);
+}
+
 /* Every stage process of a running instance has scheduling policy want. */
 static void assert_policy(struct tpo_stats *st, int want, const char *what)
 {
@@ -139,6 +196,8 @@ static void assert_policy(struct tpo_stats *st, int want, const char *what)
 		for (int l = 0; l < 2; l++) {
 			struct tpo_proc_snapshot p;
 			h_proc(st, s, l, &p);
+			if (s == TPO_STAGE_RAG && p.state == TPO_UNIT_OFF)
+				continue;
 			cr_assert_gt(p.pid, 0);
 			cr_assert_eq(sched_getscheduler(p.pid), want, "%s: %s[%d] pid %d has policy %d",
 				     what, tpo_stats_stage_name(s), l, (int)p.pid,
@@ -247,7 +306,7 @@ static int stream_outcome(struct h_conn *c, const char *ref, int i)
  * requests must all complete exactly (redelivery, no duplicates), the
  * running ones complete or end with one error, and the lane serves again.
  */
-static void kill_under_load(int stage, const char *tag)
+static void kill_under_load_cfg(int stage, const char *tag, const char *cfg)
 {
 	enum { N1 = 3, N2 = 3, N = N1 + N2 };
 	struct h_conn cs[N];
@@ -257,7 +316,7 @@ static void kill_under_load(int stage, const char *tag)
 	char sid[32], hdr[64], prompt[128], body[512], ev[8192];
 	int status, complete = 0;
 
-	h_start(&in, tag, FAST_CFG);
+	h_start(&in, tag, cfg);
 	in.crashes_ok = 1;
 	h_stats_attach(&in, &st);
 	/* References, fetched concurrently. */
@@ -335,7 +394,17 @@ static void kill_under_load(int stage, const char *tag)
 	h_stop(&in);
 }
 
+static void kill_under_load(int stage, const char *tag)
+{
+	kill_under_load_cfg(stage, tag, FAST_CFG);
+}
+
 Test(supervisor, killed_rag_under_load)      { kill_under_load(TPO_STAGE_RAG, "krag"); }
+/* Without rag, assemble reads the fronts' rings: its restart redelivers them. */
+Test(supervisor, killed_assemble_without_rag_under_load)
+{
+	kill_under_load_cfg(TPO_STAGE_ASSEMBLE, "kasm0", NORAG_CFG);
+}
 Test(supervisor, killed_assemble_under_load) { kill_under_load(TPO_STAGE_ASSEMBLE, "kasm"); }
 Test(supervisor, killed_infer_under_load)    { kill_under_load(TPO_STAGE_INFER, "kinf"); }
 Test(supervisor, killed_post_under_load)     { kill_under_load(TPO_STAGE_POST, "kpost"); }
@@ -584,7 +653,8 @@ Test(supervisor, crash_loop_opens_circuit)
 	h_start(&in, "circ",
 		"{\"lanes\": 2, \"restart\": {\"base_ms\": 10, \"cap_ms\": 20, \"jitter_pct\": 0,"
 		" \"max_restarts\": 2, \"window_ms\": 60000, \"open_ms\": 2000, \"stable_ms\": 300},"
-		" \"stages\": {\"infer\": {\"mock\": {\"tokens_per_second\": 0, \"max_tokens\": 4}}}}");
+		" \"stages\": {\"rag\": {\"enabled\": true},"
+		" \"infer\": {\"mock\": {\"tokens_per_second\": 0, \"max_tokens\": 4}}}}");
 	in.crashes_ok = 1;
 	h_stats_attach(&in, &st);
 	session_for_lane(0, sid0, sizeof(sid0));

@@ -528,6 +528,43 @@ Test(config, cross_plugin_needs_path)
 		   "worker \"plugin\" at 1:62");
 }
 
+/* stages.rag.enabled: "auto" (rag only with a context file), true, false. */
+Test(config, rag_enabled)
+{
+	struct tpo_config c;
+
+	expect_ok("{}");
+	cr_assert_eq(cfg.stages.rag.enabled, TPO_RAG_AUTO);
+	cr_assert_not(tpo_config_stage_runs(&cfg, TPO_ST_RAG));
+	for (int s = 0; s < TPO_ST_COUNT; s++)
+		cr_assert_eq(tpo_config_stage_runs(&cfg, s), s != TPO_ST_RAG);
+	expect_ok("{\"stages\": {\"rag\": {\"context_file\": \"/srv/docs.txt\"}}}");
+	cr_assert(tpo_config_stage_runs(&cfg, TPO_ST_RAG));
+	expect_ok("{\"stages\": {\"rag\": {\"enabled\": true}}}");
+	cr_assert_eq(cfg.stages.rag.enabled, TPO_RAG_ON);
+	cr_assert(tpo_config_stage_runs(&cfg, TPO_ST_RAG));
+	c = cfg;
+	roundtrip(&c);
+	expect_ok("{\"stages\": {\"rag\": {\"enabled\": false, \"context_file\": null}}}");
+	cr_assert_eq(cfg.stages.rag.enabled, TPO_RAG_OFF);
+	cr_assert_not(tpo_config_stage_runs(&cfg, TPO_ST_RAG));
+	c = cfg;
+	roundtrip(&c);
+	expect_ok("{\"stages\": {\"rag\": {\"enabled\": \"auto\"}}}");
+	cr_assert_eq(cfg.stages.rag.enabled, TPO_RAG_AUTO);
+
+	expect_one("{\"stages\": {\"rag\": {\"enabled\": \"yes\"}}}",
+		   "t.json: stages.rag.enabled: expected \"auto\", true or false at 1:32");
+	expect_one("{\"stages\": {\"rag\": {\"enabled\": 1}}}",
+		   "t.json: stages.rag.enabled: expected \"auto\", true or false at 1:32");
+	expect_one("{\"stages\": {\"rag\": {\"enabled\": null}}}",
+		   "t.json: stages.rag.enabled: expected \"auto\", true or false at 1:32");
+	/* Retrieval configured but its stage switched off: which one is meant? */
+	expect_one("{\"stages\": {\"rag\": {\"enabled\": false, \"context_file\": \"/srv/d\"}}}",
+		   "t.json: stages.rag.enabled: expected true or \"auto\": stages.rag.context_file "
+		   "is set, and retrieval runs in the rag stage at 1:32");
+}
+
 Test(config, cross_ring_sizes)
 {
 	expect_one("{\"rings\": {\"capacity\": 131072, \"max_record\": 131072}}",

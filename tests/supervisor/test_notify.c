@@ -114,6 +114,9 @@ Test(notify, ready_status_watchdog_stopping, .timeout = 120)
 				FILE *f;
 				size_t n;
 				cr_assert_eq(tpo_stats_read_proc(&st, s, (int)l, &p), 0);
+				/* The default runs no rag (no retrieval configured). */
+				if (s == TPO_STAGE_RAG && p.state == TPO_UNIT_OFF && p.pid == 0)
+					continue;
 				snprintf(envp, sizeof(envp), "/proc/%d/environ", (int)p.pid);
 				f = fopen(envp, "r");
 				cr_assert(f, "stage %d lane %u: no /proc entry", s, l);
