@@ -71,13 +71,14 @@ static int open_rings(struct tpo_stage *st)
 	int s = st->stage, l = st->lane, n = st->nlanes, k, err;
 	int in_from, out_to, mesh_in, mesh_out;
 
-	if (s < 0 || s >= TPO_ST_COUNT || (st->rs.hdr->absent & (1u << s)))
+	if (s < 0 || s >= TPO_ST_COUNT)
 		return -EINVAL;
-	/* Without rag the fronts write straight into assemble's rings. */
+	/* Without rag the fronts write straight into assemble's rings. Every
+	 * ring with a front at one end is a mesh. */
 	in_from = tpo_ringset_prev(&st->rs, s);
 	out_to = tpo_ringset_next(&st->rs, s);
 	mesh_in = in_from == TPO_ST_STREAM || s == TPO_ST_STREAM;
-	mesh_out = s == TPO_ST_STREAM || s == TPO_ST_POST;
+	mesh_out = out_to == TPO_ST_STREAM || s == TPO_ST_STREAM;
 	st->nin = mesh_in ? n : 1;
 	for (k = 0; k < st->nin; k++) {
 		int pl = mesh_in ? k : l;
@@ -115,8 +116,9 @@ static uint64_t auto_spin(const struct tpo_stage *st)
 	if (st->cfg.spin_ns != TPO_CONFIG_SPIN_AUTO)
 		return (uint64_t)st->cfg.spin_ns;
 	/* Spinning pays only when every stage process has a core of its own
-	 * (rings-notes.md); with five stages per lane that is rare. */
-	return cores >= (long)TPO_ST_COUNT * st->nlanes ? 20000 : 0;
+	 * (rings-notes.md); with four or five stages per lane that is rare. */
+	return cores >= (long)(TPO_ST_COUNT - __builtin_popcount(st->rs.hdr->absent)) *
+			st->nlanes ? 20000 : 0;
 }
 
 /*

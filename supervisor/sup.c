@@ -594,17 +594,6 @@ static int setup_bells(int nbells)
 	return 0;
 }
 
-static uint64_t pick_spin(const struct tpo_config *c, int nlanes)
-{
-	int cores = tpo_topology_ncores();
-
-	if (c->spin_ns != TPO_CONFIG_SPIN_AUTO)
-		return (uint64_t)c->spin_ns;
-	/* Spinning pays only when every stage process has a core of its own
-	 * (rings-notes.md): with 5 stages per lane that is rare. */
-	return cores >= TPO_ST_COUNT * nlanes ? 20000 : 0;
-}
-
 int tpo_sup_run(const struct tpo_config *cfg, const char *config_path)
 {
 	static struct sup sup;   /* large; one per process */
@@ -672,7 +661,6 @@ int tpo_sup_run(const struct tpo_config *cfg, const char *config_path)
 		logmsg(LOG_ERR, "fatal: unable to create doorbells: %s", strerror(-e));
 		goto out_rings;
 	}
-	(void)pick_spin;
 
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGTERM);
