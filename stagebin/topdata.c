@@ -279,7 +279,7 @@ void tpo_top_print_table(FILE *f, const struct tpo_top_snap *s, enum tpo_top_sor
 	n = tpo_top_order(s, key, lane, idx);
 	for (int i = 0; i < n; i++) {
 		const struct tpo_top_unit *u = &s->unit[idx[i] / TPO_MAX_LANES][idx[i] % TPO_MAX_LANES];
-		char bar[11], dc[24], q[16], p50[16], p95[16], p99[16], qw[16], tt[16], fl[16];
+		char bar[11], dc[24], q[16], p50[16], p95[16], p99[16], qw[16], tt[16], fl[16], pid[16];
 		int fill = u->q_cap ? (int)((u->q_depth * 10 + u->q_cap - 1) / u->q_cap) : 0;
 
 		for (int k = 0; k < 10; k++)
@@ -295,8 +295,12 @@ void tpo_top_print_table(FILE *f, const struct tpo_top_snap *s, enum tpo_top_sor
 			snprintf(fl, sizeof(fl), "-");
 		}
 		snprintf(q, sizeof(q), "%u", u->ok ? u->p.restarts : 0);
-		fprintf(f, "%-8s %2u %7d %-9s %3s %-10s %11s %6s %6s %6s %6s %6s %6s %6s %5s\n",
-			tpo_stats_stage_name((int)u->stage), u->lane, u->ok ? u->p.pid : 0,
+		if (u->ok && u->p.pid > 0) /* "-": no process (rag "off", or between restarts) */
+			snprintf(pid, sizeof(pid), "%d", (int)u->p.pid);
+		else
+			snprintf(pid, sizeof(pid), "-");
+		fprintf(f, "%-8s %2u %7s %-9s %3s %-10s %11s %6s %6s %6s %6s %6s %6s %6s %5s\n",
+			tpo_stats_stage_name((int)u->stage), u->lane, pid,
 			state_of(u), q, bar, dc, tpo_top_fmt_rate(c, sizeof(c), u->in_s),
 			tpo_top_fmt_rate(d, sizeof(d), u->out_s),
 			tpo_top_fmt_ns(p50, sizeof(p50), u->svc_p50),

@@ -349,7 +349,12 @@ static void draw(struct top *t)
 			switch (col) {
 			case COL_STAGE: v = tpo_stats_stage_name((int)u->stage); break;
 			case COL_LN:    snprintf(line, sizeof(line), "%u", u->lane); break;
-			case COL_PID:   snprintf(line, sizeof(line), "%d", u->ok ? u->p.pid : 0); break;
+			case COL_PID:   /* "-": no process (rag "off", or between restarts) */
+				if (u->ok && u->p.pid > 0)
+					snprintf(line, sizeof(line), "%d", u->p.pid);
+				else
+					v = "-";
+				break;
 			case COL_STATE:
 				snprintf(line, sizeof(line), "%s%s",
 					 u->ok ? tpo_unit_state_name((int)u->p.state) : "?",

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -41,6 +42,23 @@ static int free_port(void)
 	return port;
 }
 
+/* What a test started, for fini to stop when an assertion ends it early. */
+static pid_t sup_pid = -1;
+static char sock_path[108];
+
+static void stop_leftovers(void)
+{
+	if (sup_pid > 0) {
+		int status;
+
+		kill(sup_pid, SIGTERM);
+		waitpid(sup_pid, &status, 0);
+		sup_pid = -1;
+	}
+	if (sock_path[0])
+		unlink(sock_path);
+}
+
 /* Collects datagrams until one contains want or the hang detector fires. */
 static int wait_for(int fd, const char *want, char *seen, size_t cap)
 {
@@ -67,7 +85,7 @@ static int wait_for(int fd, const char *want, char *seen, size_t cap)
 	return 0;
 }
 
-Test(notify, ready_status_watchdog_stopping, .timeout = 120)
+Test(notify, ready_status_watchdog_stopping, .timeout = 120, .fini = stop_leftovers)
 {
 	char path[108], name[32], listen[32], exe[512], seen[16384] = "";
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
@@ -79,6 +97,7 @@ Test(notify, ready_status_watchdog_stopping, .timeout = 120)
 	snprintf(listen, sizeof(listen), "127.0.0.1:%d", free_port());
 	snprintf(exe, sizeof(exe), "%s/tpo-supervisor", build_dir());
 	unlink(path);
+	memcpy(sock_path, path, sizeof(sock_path));
 	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	cr_assert(fd >= 0);
 	memcpy(a.sun_path, path, strlen(path) + 1);
@@ -88,6 +107,8 @@ Test(notify, ready_status_watchdog_stopping, .timeout = 120)
 	cr_assert(pid >= 0);
 	if (pid == 0) {
 		char wpid[16];
+		/* A test killed by its timeout takes its supervisor with it. */
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
 		snprintf(wpid, sizeof(wpid), "%d", getpid());
 		setenv("NOTIFY_SOCKET", path, 1);
 		setenv("WATCHDOG_USEC", "1000000", 1);
@@ -95,6 +116,7 @@ Test(notify, ready_status_watchdog_stopping, .timeout = 120)
 		execl(exe, exe, "start", "--name", name, "--listen", listen, (char *)NULL);
 		_exit(127);
 	}
+	sup_pid = pid;
 	cr_expect(wait_for(fd, "READY=1", seen, sizeof(seen)), "no READY=1; got:\n%s", seen);
 	cr_expect(strstr(seen, "STATUS=") != NULL, "no STATUS=; got:\n%s", seen);
 	cr_expect(strstr(seen, "lanes ready") != NULL, "STATUS lacks lanes; got:\n%s", seen);
@@ -132,6 +154,7 @@ Test(notify, ready_status_watchdog_stopping, .timeout = 120)
 	kill(pid, SIGTERM);
 	cr_expect(wait_for(fd, "STOPPING=1", seen, sizeof(seen)), "no STOPPING=1; got:\n%s", seen);
 	cr_assert_eq(waitpid(pid, &status, 0), pid);
+	sup_pid = -1;
 	cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
 	close(fd);
 	unlink(path);

@@ -224,9 +224,12 @@ Test(top, table_is_plain_text_with_a_row_per_unit)
 
 	set_rings();
 	set_unit(TPO_STAGE_INFER, 0, 4343, TPO_UNIT_HALF_OPEN, 2);
+	set_unit(TPO_STAGE_RAG, 1, 0, TPO_UNIT_OFF, 0);
 	cr_assert_eq(tpo_top_take(&st, NULL, a), 0);
 	t = capture_table(a, TPO_TOP_SORT_UNIT, -1);
 	cr_assert_null(strchr(t, '\033'), "no escape codes");
+	cr_assert_not_null(strstr(t, "  4343 half-open"), "infer_0's pid");
+	cr_assert_not_null(strstr(t, "rag       1       - off "), "no pid for a unit without a process: %s", t);
 	cr_assert_not_null(strstr(t, "instance "));
 	cr_assert_not_null(strstr(t, "no upstream endpoints (mock worker)"));
 	cr_assert_not_null(strstr(t, "half-open"));
