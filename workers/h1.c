@@ -77,6 +77,7 @@ struct tpo_h1 {
 	unsigned max_idle, nidle, nactive;
 	struct h1_conn *active, *idle, *dead;
 	int fresh, nev, nfailed;
+	int settle;                      /* skip the next non-blocking poll */
 	uint64_t next_due;
 	struct epoll_event ev[EV_MAX];
 	/* One for all connections: what is read is parsed at once and nothing
@@ -690,6 +691,16 @@ void tpo_h1_run(struct tpo_h1 *h, uint64_t now)
 	if (h->fresh) {
 		n = h->nev;
 		h->fresh = 0;
+		h->settle = 1;
+	} else if (h->settle) {
+		/* The pass straight after a wait: the sockets were read a moment
+		 * ago and what was sent since cannot have been answered yet. If
+		 * something came in, the next wait returns at once; under a
+		 * steady input the pass after this one polls. One epoll_wait
+		 * per request fewer at a moderate load. */
+		h->settle = 0;
+		free_dead(h);
+		n = 0;
 	} else {
 		if (!h->nactive && !h->nidle)
 			return;
