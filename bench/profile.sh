@@ -34,17 +34,9 @@ SUP_PID= SERVE_PID=
 
 log() { printf 'profile: %s\n' "$*" >&2; }
 
-. "$ROOT/bench/lib.sh"   # stop_pid, free_port, bench_setup
+. "$ROOT/bench/lib.sh"   # stop_pid, free_port, bench_setup, need_cmd, start_tpo
 bench_setup
-if ! command -v valgrind >/dev/null; then
-	if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-		log "installing valgrind with apt-get"
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >"$TMP/apt.log" 2>&1 ||
-			{ DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$TMP/apt.log" 2>&1
-			  DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >>"$TMP/apt.log" 2>&1; }
-	fi
-	command -v valgrind >/dev/null || { log "fatal: valgrind is needed (package valgrind)"; exit 111; }
-fi
+need_cmd valgrind valgrind
 
 # The supervisor runs the stage programs found next to its own executable:
 # a copy of it sits beside one wrapper per stage that runs the real program
@@ -65,7 +57,7 @@ SERVE_PID=$!
 # one CASE WORKER STREAM RATE LABEL: a fresh instance, RATE req/s for DUR s;
 # leaves $TMP/out/CASE.LABEL/ with the callgrind files and tpo-bench's JSON.
 one() {
-	local case=$1 worker=$2 stream=$3 rate=$4 label=$5 port i code
+	local case=$1 worker=$2 stream=$3 rate=$4 label=$5 port
 	local out=$TMP/out/$case.$label
 	port=$(free_port)
 	cat >"$TMP/c.json" <<EOF
@@ -74,15 +66,8 @@ one() {
  "stages":{"infer":{"max_inflight":64,$worker}}}
 EOF
 	rm -f "$TMP"/cg/*
-	"$BIN/tpo-supervisor" start -c "$TMP/c.json" --name "$NAME" >"$TMP/sup.log" 2>&1 &
-	SUP_PID=$!
-	for i in $(seq 600); do
-		code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz" 2>/dev/null)
-		[ "$code" = 200 ] && break
-		kill -0 "$SUP_PID" 2>/dev/null || break
-		sleep 0.1
-	done
-	[ "$code" = 200 ] || { log "fatal: tpo under callgrind not ready"; tail -5 "$TMP/sup.log" >&2; exit 1; }
+	: >"$TMP/sup.log"
+	start_tpo "$BIN/tpo-supervisor" "$TMP/c.json" "$port" 600
 	mkdir -p "$out"
 	"$BUILD/tpo-bench" --quiet --json "$out/load.json" --url "http://127.0.0.1:$port/v1/chat/completions" \
 		--mode open --rate "$rate" --duration "$DUR" --timeout-ms 20000 $stream ||

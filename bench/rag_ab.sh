@@ -46,7 +46,7 @@ stage_cpu() {
 # run ARM ROUND: one measured run; leaves $TMP/ARM.ROUND.json (tpo-bench's)
 # and, through tpo, $TMP/ARM.ROUND.cpu ("cpu_ns wait_ns procs" of the stages).
 run() {
-	local arm=$1 round=$2 port code i url before after procs
+	local arm=$1 round=$2 port url before after procs
 	if [ "$arm" = direct ]; then
 		url="http://127.0.0.1:$SPORT/v1/chat/completions"
 	else
@@ -57,14 +57,7 @@ run() {
  "stages":{"rag":{"enabled":$([ "$arm" = five ] && echo true || echo '"auto"')},
   "infer":{"worker":"openai","endpoints":[{"url":"http://127.0.0.1:$SPORT/v1"}]}}}
 EOF
-		"$BUILD/tpo-supervisor" start -c "$TMP/c.json" --name "$NAME" >>"$TMP/sup.log" 2>&1 &
-		SUP_PID=$!
-		for i in $(seq 300); do
-			code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz" 2>/dev/null) || true
-			[ "$code" = 200 ] && break
-			sleep 0.1
-		done
-		[ "$code" = 200 ] || { log "fatal: tpo not ready"; tail -5 "$TMP/sup.log" >&2; exit 1; }
+		start_tpo "$BUILD/tpo-supervisor" "$TMP/c.json" "$port"
 		url="http://127.0.0.1:$port/v1/chat/completions"
 		# Two seconds of the same load first: connections, caches.
 		"$BUILD/tpo-bench" --quiet --url "$url" --mode open --rate "$RATE" --duration 2 \
