@@ -52,11 +52,11 @@ need_cmd() {
 	command -v "$cmd" >/dev/null || { log "fatal: $cmd is needed (package $pkg)"; exit 111; }
 }
 
-# start_tpo SUPERVISOR CONFIG PORT [TENTHS]: start an instance NAME from
+# start_instance SUPERVISOR CONFIG PORT [TENTHS]: start an instance NAME from
 # CONFIG in the background (SUP_PID; its log appended to $TMP/sup.log) and
 # wait up to TENTHS tenths of a second (300) for 127.0.0.1:PORT/readyz to
 # answer 200; exit 1 with the log's tail if it does not.
-start_tpo() {
+start_instance() {
 	local sup=$1 cfg=$2 port=$3 n=${4:-300} i code=
 	"$sup" start -c "$cfg" --name "$NAME" >>"$TMP/sup.log" 2>&1 &
 	SUP_PID=$!

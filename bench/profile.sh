@@ -34,7 +34,7 @@ SUP_PID= SERVE_PID=
 
 log() { printf 'profile: %s\n' "$*" >&2; }
 
-. "$ROOT/bench/lib.sh"   # stop_pid, free_port, bench_setup, need_cmd, start_tpo
+. "$ROOT/bench/lib.sh"   # stop_pid, free_port, bench_setup, need_cmd, start_instance
 bench_setup
 need_cmd valgrind valgrind
 
@@ -67,7 +67,7 @@ one() {
 EOF
 	rm -f "$TMP"/cg/*
 	: >"$TMP/sup.log"
-	start_tpo "$BIN/tpo-supervisor" "$TMP/c.json" "$port" 600
+	start_instance "$BIN/tpo-supervisor" "$TMP/c.json" "$port" 600
 	mkdir -p "$out"
 	"$BUILD/tpo-bench" --quiet --json "$out/load.json" --url "http://127.0.0.1:$port/v1/chat/completions" \
 		--mode open --rate "$rate" --duration "$DUR" --timeout-ms 20000 $stream ||

@@ -57,7 +57,7 @@ run() {
  "stages":{"rag":{"enabled":$([ "$arm" = five ] && echo true || echo '"auto"')},
   "infer":{"worker":"openai","endpoints":[{"url":"http://127.0.0.1:$SPORT/v1"}]}}}
 EOF
-		start_tpo "$BUILD/tpo-supervisor" "$TMP/c.json" "$port"
+		start_instance "$BUILD/tpo-supervisor" "$TMP/c.json" "$port"
 		url="http://127.0.0.1:$port/v1/chat/completions"
 		# Two seconds of the same load first: connections, caches.
 		"$BUILD/tpo-bench" --quiet --url "$url" --mode open --rate "$RATE" --duration 2 \

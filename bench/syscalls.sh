@@ -26,7 +26,7 @@ RATE=${RATE:-5000} SRATE=${SRATE:-2000} DUR=${DUR:-4}
 NAME=sysc$$
 TMP=$(mktemp -d /tmp/tpo-syscalls.XXXXXX)
 SUP_PID= SERVE_PID= PERF_PID=
-. "$ROOT/bench/lib.sh"   # stop_pid, free_port, bench_setup, need_cmd, start_tpo
+. "$ROOT/bench/lib.sh"   # stop_pid, free_port, bench_setup, need_cmd, start_instance
 log() { echo "syscalls: $*" >&2; }
 
 bench_setup
@@ -52,7 +52,7 @@ run() {
  "admission":{"max_inflight_per_lane":1000000,"max_connections":100000,"request_timeout_ms":60000},
  "stages":{"infer":{"worker":"openai","endpoints":[{"url":"http://127.0.0.1:$SPORT/v1"}]}}}
 EOF
-	start_tpo "$BUILD/tpo-supervisor" "$TMP/c.json" "$port"
+	start_instance "$BUILD/tpo-supervisor" "$TMP/c.json" "$port"
 	url="http://127.0.0.1:$port/v1/chat/completions"
 	"$BUILD/tpo-bench" --quiet --url "$url" --mode open --rate "$rate" --duration 2 \
 		$stream >/dev/null 2>&1 || true
