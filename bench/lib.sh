@@ -23,12 +23,13 @@ free_port() {
 }
 
 # bench_setup: the common ending of a bench script's set-up, for scripts that
-# keep NAME (instance), TMP (scratch dir), SUP_PID and SERVE_PID and define
-# log(): on exit stop both (30 s for the supervisor: stages under callgrind
-# write their counts as they exit), remove the instance's segments and TMP;
-# then check that BUILD holds every program (exit 111 if not).
+# keep NAME (instance), TMP (scratch dir), SUP_PID and SERVE_PID (and
+# PERF_PID if they run perf) and define log(): on exit stop them (30 s for
+# the supervisor: stages under callgrind write their counts as they exit),
+# remove the instance's segments and TMP; then check that BUILD holds every
+# program (exit 111 if not).
 bench_setup() {
-	trap 'stop_pid "$SUP_PID" 300; stop_pid "$SERVE_PID"
+	trap 'stop_pid "${PERF_PID:-}"; stop_pid "$SUP_PID" 300; stop_pid "$SERVE_PID"
 	      rm -f /dev/shm/tpo."$NAME".* 2>/dev/null; rm -rf "$TMP"' EXIT
 	trap 'exit 130' INT TERM
 	local f

@@ -30,8 +30,6 @@ SUP_PID= SERVE_PID= PERF_PID=
 log() { echo "syscalls: $*" >&2; }
 
 bench_setup
-trap 'stop_pid "$PERF_PID"; stop_pid "$SUP_PID" 300; stop_pid "$SERVE_PID"
-      rm -f /dev/shm/tpo."$NAME".* 2>/dev/null; rm -rf "$TMP"' EXIT
 need_cmd perf linux-perf
 perf record -q -e raw_syscalls:sys_enter -o "$TMP/probe.data" -- true >/dev/null 2>"$TMP/probe.err" ||
 	{ log "fatal: perf cannot record tracepoints here:"; cat "$TMP/probe.err" >&2; exit 111; }

@@ -19,7 +19,6 @@ grep -q "System calls and context switches per request" "$dir/syscalls.md" || fa
 python3 - "$dir/syscalls.json" <<'PY' || fail "figures"
 import json, sys
 d = json.load(open(sys.argv[1]))
-lanes = None
 for case in ("plain", "stream"):
     c = d["cases"][case]
     assert c["sent"] >= 50 and c["ok"] == c["sent"], f"{case}: {c['ok']} of {c['sent']} answered"
@@ -32,11 +31,12 @@ for case in ("plain", "stream"):
         assert v["preempted_per_req"] <= v["switches_per_req"], f"{case} {s}: {v}"
     calls = lambda s, *names: sum(st[s]["calls_per_req"].get(k, 0) for k in names)
     # One connection per request or keep-alive: either way a request is read
-    # and its answer sent by the front, and infer sends it upstream.
+    # and its answer sent by the front, and infer sends it upstream and reads
+    # the upstream's answer.
     assert calls("stream", "recvfrom", "read", "recvmsg") >= 0.9, f"{case}: front reads {st['stream']}"
     assert calls("stream", "sendmsg", "sendto", "write", "writev") >= 0.9, f"{case}: front sends {st['stream']}"
     assert calls("infer", "sendmsg", "sendto", "write", "writev") >= 0.9, f"{case}: infer sends {st['infer']}"
-    assert c["all"]["syscalls_per_req"] >= sum(v["syscalls_per_req"] for v in st.values()) - 0.05
+    assert calls("infer", "read", "recvfrom", "recvmsg") >= 0.9, f"{case}: infer reads {st['infer']}"
 print("syscalls per request, plain / stream:", d["cases"]["plain"]["all"]["syscalls_per_req"],
       d["cases"]["stream"]["all"]["syscalls_per_req"])
 PY
