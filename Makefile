@@ -2,9 +2,12 @@
 #
 #   make            build everything
 #   make run        build, then run the supervisor on the embedded default
-#   make test       every test (unit, integration, stress), then the ASan run
+#   make test       every test (unit, integration, stress), then the ASan,
+#                   TSan and fuzz runs
 #   make asan       the test suite under ASan+UBSan (build/asan/)
 #   make tsan       the concurrency stress programs under TSan (build/tsan/)
+#   make fuzz       libFuzzer targets (clang) over the parsers of untrusted
+#                   input, built into build/fuzz/; tests/fuzz/run runs them
 #   make bench      benchmarks; results in bench/results/ (not part of CI);
 #                   UPSTREAM=URL adds the overhead scenario against that
 #                   OpenAI-compatible server (docs/bench.md)
@@ -55,7 +58,7 @@ BENCH_BIN  := $(BENCH_SRC:%.c=$(BUILD)/%)
 
 ALL := $(LIB) $(SUP_BIN) $(STAGE_BIN) $(TOOL_BIN) $(PLUGINS) $(UNIT_BIN) $(STRESS_BIN) $(BENCH_BIN)
 
-.PHONY: all run test unit asan tsan bench clean
+.PHONY: all run test unit asan tsan fuzz bench clean
 .SECONDARY:
 all: $(ALL)
 
@@ -98,6 +101,8 @@ test: all
 	TPO_TALLY=$(TALLY) ./tests/run $(BUILD)
 	TPO_TALLY=$(TALLY) $(MAKE) --no-print-directory asan
 	TPO_TALLY=$(TALLY) $(MAKE) --no-print-directory tsan
+	$(MAKE) --no-print-directory fuzz
+	TPO_TALLY=$(TALLY) ./tests/fuzz/run build/fuzz
 	@awk '{p += $$1; f += $$2} END {printf "total: %d passed, %d failed\n", p, f}' $(TALLY)
 
 unit: all
@@ -114,6 +119,22 @@ tsan:
 	    $(patsubst $(BUILD)/%,build/tsan/%,$(STRESS_BIN))
 	TSAN_OPTIONS=halt_on_error=1 TPO_SANITIZED=1 ./tests/run build/tsan --stress-only
 
+# The fuzz targets and everything they link, instrumented for libFuzzer
+# with ASan+UBSan (clang: tools/install-deps --test installs it).
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+fuzz: $(FUZZ_BIN)
+build/fuzz/obj/%.o: %.c
+	@mkdir -p $(@D)
+	@echo "clang (fuzz) $<"
+	@clang $(filter-out $(OPT) $(SAN),$(CFLAGS)) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link \
+	    -MMD -MP -c $< -o $@
+build/fuzz/libtpo.a: $(LIB_SRC:%.c=build/fuzz/obj/%.o)
+	rm -f $@ && ar rcs $@ $^
+build/fuzz/fuzz_%: build/fuzz/obj/tests/fuzz/fuzz_%.o build/fuzz/libtpo.a
+	clang $(FUZZ_SAN) -fsanitize=fuzzer $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 UPSTREAM ?=
 
 bench: all
@@ -123,3 +144,4 @@ clean:
 	rm -rf build
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find build/fuzz/obj -name '*.d' 2>/dev/null)

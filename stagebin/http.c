@@ -65,7 +65,9 @@
 
 enum phase { PH_FREE, PH_IDLE, PH_HEAD, PH_BODY, PH_ACTIVE, PH_CLOSING, PH_ZOMBIE };
 enum tlist { TL_HEAD, TL_BODY, TL_IDLE, TL_LINGER, TL_COUNT, TL_NONE = -1 };
-enum hstate { HS_URL, HS_FIELD, HS_VALUE };
+/* HS_TRAILER: the header section has ended; fields now are a chunked
+ * body's trailer, which is not merged into the headers (RFC 9110 6.5). */
+enum hstate { HS_URL, HS_FIELD, HS_VALUE, HS_TRAILER };
 
 struct list {
 	struct list *prev, *next;
@@ -89,6 +91,10 @@ struct tpo_http_conn {
 	/* The last recv was short: the socket had nothing more (epoll(7)),
 	 * so the next read before a new event would only see EAGAIN. */
 	uint8_t rx_empty;
+	/* The peer has shut down its side (EPOLLRDHUP): its EOF may have come
+	 * with the last data, in the same edge, so a short read no longer
+	 * means that the next read would find nothing. */
+	uint8_t rdhup;
 	uint8_t hstate;
 	uint8_t ishared;                /* [ioff, ioff+ilen) is in srv->rbuf */
 	uint8_t in_parse;               /* inside http_parser_execute on m */
@@ -123,6 +129,7 @@ struct msg {
 	char *hbuf;                     /* url and header strings, after hdrs */
 	uint32_t hlen, hcap;
 	uint32_t url_len;
+	uint32_t trailer_len;           /* bytes of trailer fields, ignored */
 	char *body;
 	size_t blen, bcap;
 };
@@ -863,6 +870,7 @@ static int on_message_begin(http_parser *p)
 
 	m->hlen = 0;
 	m->url_len = 0;
+	m->trailer_len = 0;
 	c->hstate = HS_URL;
 	m->blen = 0;
 	c->no_body = 0;
@@ -888,6 +896,17 @@ static int on_url(http_parser *p, const char *at, size_t len)
 	return hbuf_put(c, at, len);
 }
 
+/* A trailer field's bytes: counted against the header budget, not kept. */
+static int trailer(struct tpo_http_conn *c, size_t len)
+{
+	struct msg *m = c->m;
+
+	m->trailer_len += (uint32_t)len;
+	if (m->trailer_len > c->srv->cfg.max_header_bytes)
+		return fail(c, 431, "request trailer section too large");
+	return 0;
+}
+
 /* Ends the string being collected (url, name or value). */
 static int close_string(struct tpo_http_conn *c)
 {
@@ -902,6 +921,8 @@ static int close_string(struct tpo_http_conn *c)
 		h = &m->hdrs[m->req.nheaders - 1];
 		h->name_len = (uint32_t)(m->hbuf + m->hlen - h->name);
 		break;
+	case HS_TRAILER:
+		return 0;
 	case HS_VALUE:
 		h = &m->hdrs[m->req.nheaders - 1];
 		while (m->hbuf + m->hlen > h->value &&
@@ -919,6 +940,8 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
 	struct msg *m = c->m;
 	struct tpo_http_header *h;
 
+	if (c->hstate == HS_TRAILER)
+		return trailer(c, len);
 	if (c->hstate != HS_FIELD) {
 		if (close_string(c) < 0)
 			return -1;
@@ -942,6 +965,8 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
 	struct msg *m = c->m;
 	struct tpo_http_header *h = &m->hdrs[m->req.nheaders - 1];
 
+	if (c->hstate == HS_TRAILER)
+		return trailer(c, len);
 	if (c->hstate != HS_VALUE) {
 		if (close_string(c) < 0)
 			return -1;
@@ -998,6 +1023,7 @@ static int on_headers_complete(http_parser *p)
 
 	if (close_string(c) < 0)
 		return -1;
+	c->hstate = HS_TRAILER;
 	split_url(c);
 	m->req.method = p->method;
 	m->req.method_str = http_method_str((enum http_method)p->method);
@@ -1222,7 +1248,8 @@ static int conn_read(struct tpo_http_conn *c)
 		return -1;
 	if (c->rx_empty) {
 		c->rx_empty = 0;
-		return 0;
+		if (!c->rdhup)
+			return 0;
 	}
 	if (c->ilen == 0) {
 		if (!srv->rbuf && !(srv->rbuf = malloc(IBUF_SIZE))) {
@@ -1334,7 +1361,7 @@ static void conn_open(struct tpo_http_conn *c, int fd)
 	c->tl = TL_NONE;
 	c->active = c->streaming = c->stream_raw = c->no_body = c->close_req = 0;
 	c->corked = 0;   /* a dead predecessor may have left its output corked */
-	c->in_cb = c->pending = c->shut = c->peer_eof = c->rx_empty = 0;
+	c->in_cb = c->pending = c->shut = c->peer_eof = c->rx_empty = c->rdhup = 0;
 	c->err_status = 0;
 	c->hdr_fed = 0;
 	c->user = NULL;
@@ -1496,6 +1523,8 @@ void tpo_http_on_event(struct tpo_http_server *srv, const struct epoll_event *ev
 			flush_out(c);
 		if (ev->events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
 			c->rx_empty = 0;   /* something arrived since */
+			if (ev->events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+				c->rdhup = 1;
 			conn_drive(c);
 		}
 		break;

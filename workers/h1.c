@@ -434,6 +434,8 @@ static int on_headers_complete(http_parser *p)
 	if (c->hstate == 2)
 		header_done(c);
 	c->hstate = 0;
+	if (p->status_code < 100)
+		return -1;                 /* "HTTP/1.1 20 OK": not a status (fuzz_h1) */
 	if (p->status_code / 100 != 1)
 		c->x->status = p->status_code;
 	else if (p->status_code == 101)

@@ -568,14 +568,33 @@ static size_t utf8_put(unsigned cp, char *o)
 	return 4;
 }
 
-int tpo_json_unescape(const char *src, size_t len, char *dst, size_t cap)
+/*
+ * The decoder of both entry points. carry NULL: strict (an unpaired
+ * surrogate is -EINVAL). Else text in pieces: *carry is a high surrogate
+ * the last piece ended with (0: none); unpaired halves become U+FFFD.
+ */
+static int unescape(const char *src, size_t len, char *dst, size_t cap, unsigned *carry)
 {
 	size_t i = 0, o = 0;
+	unsigned cp, lo;
 
+	if (carry && *carry) {
+		if (cap < 5)
+			return -ENOSPC;
+		/* The low half opens this piece, or the carried one was alone. */
+		if (len >= 6 && src[0] == '\\' && src[1] == 'u' && hex4(src + 2, len - 2, &lo) == 0 &&
+		    lo >= 0xdc00 && lo <= 0xdfff) {
+			cp = 0x10000 + ((*carry - 0xd800) << 10) + (lo - 0xdc00);
+			i = 6;
+		} else {
+			cp = 0xfffd;
+		}
+		*carry = 0;
+		o = utf8_put(cp, dst);
+	}
 	while (i < len) {
 		char tmp[4];
 		size_t n;
-		unsigned cp, lo;
 
 		if (src[i] != '\\') {
 			/* The run up to the next escape, copied at once. */
@@ -611,15 +630,19 @@ int tpo_json_unescape(const char *src, size_t len, char *dst, size_t cap)
 			if (hex4(src + i + 2, len - i - 2, &cp) < 0)
 				return -EINVAL;
 			i += 6;
-			if (cp >= 0xdc00 && cp <= 0xdfff)
-				return -EINVAL;           /* low surrogate first */
-			if (cp >= 0xd800 && cp <= 0xdbff) {
-				if (i + 6 > len || src[i] != '\\' || src[i + 1] != 'u' ||
-				    hex4(src + i + 2, len - i - 2, &lo) < 0 ||
-				    lo < 0xdc00 || lo > 0xdfff)
-					return -EINVAL;   /* unpaired high surrogate */
+			if (cp >= 0xd800 && cp <= 0xdbff && i + 6 <= len && src[i] == '\\' &&
+			    src[i + 1] == 'u' && hex4(src + i + 2, len - i - 2, &lo) == 0 &&
+			    lo >= 0xdc00 && lo <= 0xdfff) {
 				i += 6;
 				cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+			} else if (cp >= 0xd800 && cp <= 0xdfff) {
+				if (!carry)
+					return -EINVAL;   /* unpaired */
+				if (cp <= 0xdbff && i == len) {
+					*carry = cp;      /* its low half may open the next piece */
+					break;
+				}
+				cp = 0xfffd;
 			}
 			n = utf8_put(cp, tmp);
 		}
@@ -632,6 +655,16 @@ int tpo_json_unescape(const char *src, size_t len, char *dst, size_t cap)
 		return -ENOSPC;
 	dst[o] = '\0';
 	return (int)o;
+}
+
+int tpo_json_unescape(const char *src, size_t len, char *dst, size_t cap)
+{
+	return unescape(src, len, dst, cap, NULL);
+}
+
+int tpo_json_unescape_text(const char *src, size_t len, char *dst, size_t cap, unsigned *carry)
+{
+	return unescape(src, len, dst, cap, carry);
 }
 
 size_t tpo_json_escape(const char *src, size_t len, char *dst, size_t cap)

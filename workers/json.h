@@ -72,6 +72,19 @@ void tpo_json_linecol(const char *js, size_t len, size_t off, int *line, int *co
 int tpo_json_unescape(const char *src, size_t len, char *dst, size_t cap);
 
 /*
+ * As tpo_json_unescape, for text that arrives in pieces (a model's tokens,
+ * one JSON string per chunk, where a server that slices UTF-16 text may
+ * split a surrogate pair between two chunks): nothing is refused for its
+ * surrogates. A high surrogate escape that ends src is kept in *carry (0:
+ * none; the caller keeps it between pieces) instead of being written; the
+ * next piece completes it with the low half it opens with, or writes it as
+ * U+FFFD. Any other unpaired surrogate decodes to U+FFFD. cap = len + 5
+ * always suffices (give that: after -ENOSPC *carry may be lost). Same
+ * returns, but for surrogates.
+ */
+int tpo_json_unescape_text(const char *src, size_t len, char *dst, size_t cap, unsigned *carry);
+
+/*
  * Escapes src[0..len) for the inside of a JSON string: " and \ get a
  * backslash, \n \r \t \b \f their short forms, other bytes below 0x20 \u00XX;
  * everything else (UTF-8 included) is copied. Writes as much as fits in

@@ -91,7 +91,7 @@ static int an_event(struct tpo_up_call *c, const char *name, const char *data, s
 	} else if (!strcmp(name, "content_block_delta")) {
 		int v = tpo_json_find(data, t, nt, 0, "delta.text");
 
-		n = v >= 0 ? tpo_up_json_tokstr(c, data, &t[v], &s) : -ENOENT;
+		n = v >= 0 ? tpo_up_json_text(c, data, &t[v], &s) : -ENOENT;
 		if (n > 0)
 			err = tpo_up_token(c, s, (size_t)n);
 		/* Its one effect was the token: it may stand for the next. */

@@ -61,7 +61,7 @@ static int lc_object(struct tpo_up_call *c, const char *js, size_t len)
 				   n > 0 ? s : "unknown");
 		return err;
 	}
-	n = tpo_up_json_str(c, js, t, nt, "content", &s);
+	n = tpo_up_json_text_at(c, js, t, nt, "content", &s);
 	if (n > 0)
 		err = tpo_up_token(c, s, (size_t)n);
 	if ((i = tpo_json_find(js, t, nt, 0, "stopped_limit")) >= 0)

@@ -127,7 +127,7 @@ static int oa_object(struct tpo_up_call *c, const char *js, size_t len)
 			continue;
 		if (k != 1)
 			oa_keys(js, t, nt, v, content, 1, &v);
-		if (v >= 0 && (n = tpo_up_json_tokstr(c, js, &t[v], &s)) > 0) {
+		if (v >= 0 && (n = tpo_up_json_text(c, js, &t[v], &s)) > 0) {
 			err = tpo_up_token(c, s, (size_t)n);
 			used = v;
 			break;

@@ -77,7 +77,7 @@ static int tgi_parse(struct tpo_up_call *c, const char *js, size_t len, int whol
 		return err;
 	}
 	if (whole) {
-		n = tpo_up_json_str(c, js, t, nt, "generated_text", &s);
+		n = tpo_up_json_text_at(c, js, t, nt, "generated_text", &s);
 		if (n > 0)
 			err = tpo_up_token(c, s, (size_t)n);
 		if (!err)
@@ -86,8 +86,8 @@ static int tgi_parse(struct tpo_up_call *c, const char *js, size_t len, int whol
 	}
 	if ((i = tpo_json_find(js, t, nt, 0, "token.special")) >= 0)
 		tpo_json_get_bool(js, &t[i], &special);
-	n = tpo_up_json_str(c, js, t, nt, "token.text", &s);
-	if (n > 0 && !special)
+	n = special ? 0 : tpo_up_json_text_at(c, js, t, nt, "token.text", &s);
+	if (n > 0)
 		err = tpo_up_token(c, s, (size_t)n);
 	i = tpo_json_find(js, t, nt, 0, "generated_text");
 	if (!err && i >= 0 && t[i].type == JSMN_STRING)

@@ -266,6 +266,7 @@ struct tpo_up_call {
 	struct tpo_buf resp, scratch;
 	struct tpo_buf shape;            /* tpo_up_shape_learn's chunk */
 	uint32_t shape_pre, shape_suf;   /* bytes before and after its token */
+	unsigned carry;                  /* a high surrogate the last token ended with */
 	struct tpo_sse sse;
 	int state;
 	int xfer_done;                   /* curl reported the transfer's end */
@@ -409,6 +410,11 @@ void tpo_up_end(struct tpo_up_call *c, int finish)
 {
 	if (c->ended)
 		return;
+	if (c->carry) {
+		/* Half a character the answer never completed. */
+		c->carry = 0;
+		tpo_up_token(c, "\xef\xbf\xbd", 3);
+	}
 	c->ended = 1;
 	c->finish = finish >= 0 ? finish : c->finish_hint >= 0 ? c->finish_hint : TPO_FINISH_STOP;
 	c->job->wake_ns = 1;      /* poll() finishes it outside curl's callbacks */
@@ -471,6 +477,36 @@ int tpo_up_json_tokstr(struct tpo_up_call *c, const char *js, const jsmntok_t *t
 	return n;
 }
 
+int tpo_up_json_text(struct tpo_up_call *c, const char *js, const jsmntok_t *t,
+		     const char **out)
+{
+	size_t raw;
+	int n, err;
+
+	if (t->type != JSMN_STRING)
+		return -ENOENT;
+	raw = (size_t)(t->end - t->start);
+	c->scratch.len = 0;
+	err = tpo_buf_put(&c->scratch, NULL, raw + 5);
+	if (err < 0)
+		return err;
+	n = tpo_json_unescape_text(js + t->start, raw, c->scratch.p, raw + 5, &c->carry);
+	if (n < 0)
+		return n;
+	*out = c->scratch.p;
+	return n;
+}
+
+int tpo_up_json_text_at(struct tpo_up_call *c, const char *js, const jsmntok_t *toks,
+			int ntoks, const char *path, const char **out)
+{
+	int i = tpo_json_find(js, toks, ntoks, 0, path);
+
+	if (i < 0)
+		return i;
+	return tpo_up_json_text(c, js, &toks[i], out);
+}
+
 /* A chunk is remembered up to this size (a stream's are ~200 bytes). */
 #define SHAPE_MAX CALL_KEEP
 
@@ -478,6 +514,7 @@ int tpo_up_shape_token(struct tpo_up_call *c, const char *js, size_t len, const 
 {
 	size_t pre = c->shape_pre, suf = c->shape_suf;
 	const char *p = c->shape.p;
+	unsigned carry;
 	jsmntok_t t;
 	int n;
 
@@ -488,8 +525,12 @@ int tpo_up_shape_token(struct tpo_up_call *c, const char *js, size_t len, const 
 	    tpo_json_string_end(js, len, pre - 1) != len - suf)
 		return 0;
 	t = (jsmntok_t){ JSMN_STRING, (int)pre, (int)(len - suf), 0 };
-	n = tpo_up_json_tokstr(c, js, &t, out);
-	return n > 0 ? n : 0;
+	carry = c->carry;
+	n = tpo_up_json_text(c, js, &t, out);
+	if (n > 0)
+		return n;
+	c->carry = carry;    /* the caller parses the chunk whole, and decodes it again */
+	return 0;
 }
 
 void tpo_up_shape_learn(struct tpo_up_call *c, const char *js, size_t len, const jsmntok_t *t)
@@ -1157,6 +1198,7 @@ static int launch(struct tpo_up_call *c, uint64_t now)
 	c->state = C_RUNNING;
 	c->sent_ns = now;
 	c->attempt_tokens = 0;
+	c->carry = 0;
 	c->status = 0;
 	c->retry_after_ms = -1;
 	c->perr_set = 0;

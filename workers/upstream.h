@@ -118,6 +118,20 @@ int tpo_up_json_tokstr(struct tpo_up_call *c, const char *js, const jsmntok_t *t
 		       const char **out);
 
 /*
+ * A token's text: as tpo_up_json_tokstr, but a surrogate pair split between
+ * this token and the next (a server slicing UTF-16 text) is joined, and any
+ * other unpaired surrogate escape becomes U+FFFD (tpo_json_unescape_text):
+ * nothing of the text is refused. May return 0 (the text was half a
+ * character, held for the next token); what an answer ends holding is
+ * forwarded as U+FFFD by tpo_up_end. _at: the string at path, as
+ * tpo_up_json_str.
+ */
+int tpo_up_json_text(struct tpo_up_call *c, const char *js, const jsmntok_t *t,
+		     const char **out);
+int tpo_up_json_text_at(struct tpo_up_call *c, const char *js, const jsmntok_t *toks,
+			int ntoks, const char *path, const char **out);
+
+/*
  * Streams send chunks of one shape: the same bytes but for the token's
  * text. tpo_up_shape_learn() records js, valid JSON whose only effect was
  * the token in string t; tpo_up_shape_token() then takes a chunk that

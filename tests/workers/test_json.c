@@ -66,6 +66,44 @@ Test(json, unescape_errors)
 	cr_assert_eq(unesc("\\u20ac", b, 4), 3);
 }
 
+/* Text in pieces: a pair split between two is joined, other halves are
+ * U+FFFD, and the strict decoder's errors that are not surrogates stay. */
+static int text(const char *s, char *dst, size_t cap, unsigned *carry)
+{
+	return tpo_json_unescape_text(s, strlen(s), dst, cap, carry);
+}
+
+Test(json, unescape_text_pieces)
+{
+	char b[64];
+	unsigned carry = 0;
+
+	cr_assert_eq(text("x\\ud83d", b, sizeof(b), &carry), 1);       /* held */
+	cr_assert_str_eq(b, "x");
+	cr_assert_eq(carry, 0xd83d);
+	cr_assert_eq(text("\\ude00y", b, sizeof(b), &carry), 5);        /* joined */
+	cr_assert_str_eq(b, "\xf0\x9f\x98\x80y");
+	cr_assert_eq(carry, 0);
+	cr_assert_eq(text("\\uD83D", b, sizeof(b), &carry), 0);         /* all held */
+	cr_assert_eq(carry, 0xd83d);
+	cr_assert_eq(text("z", b, sizeof(b), &carry), 4);               /* never completed */
+	cr_assert_str_eq(b, "\xef\xbf\xbdz");
+	cr_assert_eq(text("\\ud800", b, 4, &carry), 0);                 /* fits: held */
+	cr_assert_eq(text("\\ud800", b, 4, &carry), -ENOSPC);           /* no room for U+FFFD */
+	carry = 0;
+	cr_assert_eq(text("\\udc00-\\ud800\\u0041-\\ud83d\\ude00", b, sizeof(b), &carry), 13);
+	cr_assert_str_eq(b, "\xef\xbf\xbd-\xef\xbf\xbd" "A-\xf0\x9f\x98\x80");
+	cr_assert_eq(carry, 0);
+	cr_assert_eq(text("\\ud800x", b, sizeof(b), &carry), 4);        /* high, not last */
+	cr_assert_str_eq(b, "\xef\xbf\xbdx");
+	cr_assert_eq(text("\\x", b, sizeof(b), &carry), -EINVAL);
+	cr_assert_eq(text("\\u12", b, sizeof(b), &carry), -EINVAL);
+	/* len + 5 always suffices: a carried half and a held one around nothing */
+	carry = 0xd800;
+	cr_assert_eq(text("\\ud800", b, 6 + 5, &carry), 3);
+	cr_assert_eq(carry, 0xd800);
+}
+
 Test(json, escape)
 {
 	char b[64];

@@ -322,6 +322,28 @@ Test(upstream, openai_same_shape_chunks)
 	h_stop(&in);
 }
 
+/*
+ * A server slicing UTF-16 text (JavaScript's, say) may split a surrogate
+ * pair between two chunks, each half an escape of its own. The halves are
+ * joined, in the same-shape path and the parsed one alike; a half never
+ * completed becomes U+FFFD, as an unpaired one does, at once or when the
+ * answer ends: no text around them is lost (it was, when an unpaired
+ * escape made the whole string unreadable).
+ */
+Test(upstream, openai_surrogate_pair_split_between_chunks)
+{
+	char text[4096], finish[32], out[8192];
+
+	start("sp", "openai", NULL, 100, NULL);
+	chat_stream("[[srv:golden=openai_split_surrogates.sse]]", text, sizeof(text), finish);
+	cr_assert_str_eq(text, "a\xf0\x9f\x98\x80" "b\xf0\x9f\x98\x81" "x\xef\xbf\xbd" "y"
+			 "\xef\xbf\xbd" "z\xef\xbf\xbd", "%s", text);
+	cr_assert_str_eq(finish, "stop");
+	cr_assert_eq(chat_once("[[srv:json=openai_lone_surrogate.json]]", out, sizeof(out)), 200);
+	cr_assert(strstr(out, "\"content\":\"hi \xef\xbf\xbd\""), "%s", out);
+	h_stop(&in);
+}
+
 Test(upstream, openai_completions_golden_length)
 {
 	struct h_conn c;
