@@ -457,28 +457,10 @@ int tpo_up_json_parse(struct tpo_up_call *c, const char *js, size_t len,
 	return n;
 }
 
-int tpo_up_json_tokstr(struct tpo_up_call *c, const char *js, const jsmntok_t *t,
-		       const char **out)
-{
-	size_t raw;
-	int n, err;
-
-	if (t->type != JSMN_STRING)
-		return -ENOENT;
-	raw = (size_t)(t->end - t->start);
-	c->scratch.len = 0;
-	err = tpo_buf_put(&c->scratch, NULL, raw + 1);
-	if (err < 0)
-		return err;
-	n = tpo_json_get_string(js, t, c->scratch.p, raw + 1);
-	if (n < 0)
-		return n;
-	*out = c->scratch.p;
-	return n;
-}
-
-int tpo_up_json_text(struct tpo_up_call *c, const char *js, const jsmntok_t *t,
-		     const char **out)
+/* String token t decoded into the call's scratch buffer: strict (carry
+ * NULL), or as text in pieces (tpo_json_unescape_text). */
+static int scratch_str(struct tpo_up_call *c, const char *js, const jsmntok_t *t,
+		       const char **out, unsigned *carry)
 {
 	size_t raw;
 	int n, err;
@@ -490,11 +472,24 @@ int tpo_up_json_text(struct tpo_up_call *c, const char *js, const jsmntok_t *t,
 	err = tpo_buf_put(&c->scratch, NULL, raw + 5);
 	if (err < 0)
 		return err;
-	n = tpo_json_unescape_text(js + t->start, raw, c->scratch.p, raw + 5, &c->carry);
+	n = carry ? tpo_json_unescape_text(js + t->start, raw, c->scratch.p, raw + 5, carry)
+		  : tpo_json_unescape(js + t->start, raw, c->scratch.p, raw + 5);
 	if (n < 0)
 		return n;
 	*out = c->scratch.p;
 	return n;
+}
+
+int tpo_up_json_tokstr(struct tpo_up_call *c, const char *js, const jsmntok_t *t,
+		       const char **out)
+{
+	return scratch_str(c, js, t, out, NULL);
+}
+
+int tpo_up_json_text(struct tpo_up_call *c, const char *js, const jsmntok_t *t,
+		     const char **out)
+{
+	return scratch_str(c, js, t, out, &c->carry);
 }
 
 int tpo_up_json_text_at(struct tpo_up_call *c, const char *js, const jsmntok_t *toks,
