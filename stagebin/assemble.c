@@ -49,10 +49,14 @@ static int on_record(struct tpo_stage *st, int in, const struct tpo_rec *rec)
 	int n, err;
 
 	(void)in;
-	if (rec->type != TPO_MSG_REQ || rec->len < sizeof(*m) ||
-	    tpo_msg_req_size(m) != rec->len)
+	if (rec->type != TPO_MSG_REQ)
 		return tpo_stage_emit(st, 0, rec->type, rec->req_id, rec->seq, rec->aux,
 				      tpo_rec_data(rec), rec->len);
+	if (!tpo_msg_req_ok(rec)) {
+		tpo_stats_count_error(&st->stats, st->stage, st->lane, 1);
+		return tpo_stage_emit_error(st, 0, rec->req_id, rec->aux, 500,
+					    "internal error: malformed REQ record");
+	}
 	room = st->out[0].max_len - (uint32_t)sizeof(*m) - m->stop_len;
 	if (room > budget)
 		room = budget;

@@ -963,10 +963,11 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
 {
 	struct tpo_http_conn *c = p->data;
 	struct msg *m = c->m;
-	struct tpo_http_header *h = &m->hdrs[m->req.nheaders - 1];
+	struct tpo_http_header *h;
 
 	if (c->hstate == HS_TRAILER)
-		return trailer(c, len);
+		return trailer(c, len);   /* a request may have no header at all */
+	h = &m->hdrs[m->req.nheaders - 1];
 	if (c->hstate != HS_VALUE) {
 		if (close_string(c) < 0)
 			return -1;

@@ -239,7 +239,7 @@ static int take_prompt(struct tpo_rec *rec, uint64_t pos)
 
 	if (jw & J_DONE)
 		return 1;            /* finished before a crash: skip */
-	if (rec->len < sizeof(*m) || tpo_msg_req_size(m) != rec->len) {
+	if (!tpo_msg_req_ok(rec)) {
 		mark_done(rec);
 		return tpo_stage_emit_error(&st, 0, rec->req_id, rec->aux, 500,
 					    "internal error: malformed PROMPT record");

@@ -344,7 +344,7 @@ static int on_record(struct tpo_stage *st, int in, const struct tpo_rec *rec)
 	case TPO_MSG_BEGIN: {
 		const struct tpo_msg_req *m = tpo_rec_data(rec);
 		uint32_t cap = st->cfg.stages.post.max_tokens;
-		if (rec->len < sizeof(*m) || tpo_msg_req_size(m) != rec->len)
+		if (!tpo_msg_req_ok(rec))
 			return tpo_stage_emit_error(st, k, rec->req_id, rec->aux, 500,
 						    "internal error: malformed BEGIN record");
 		r = lookup(rec->req_id, 0);

@@ -29,6 +29,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "shm/ring.h"
 
@@ -75,6 +76,23 @@ static inline char *tpo_msg_req_stops(const struct tpo_msg_req *m)
 { return (char *)(m + 1) + m->text_len + m->ctx_len; }
 static inline uint32_t tpo_msg_req_size(const struct tpo_msg_req *m)
 { return (uint32_t)sizeof(*m) + m->text_len + m->ctx_len + m->stop_len; }
+
+/*
+ * Whether rec's payload is a well-formed struct tpo_msg_req and what follows
+ * it (REQ, PROMPT, BEGIN): the three lengths add up to the record's, summed
+ * in 64 bits (in 32 they can wrap to any value and point the text or stops
+ * gigabytes past the record), and the model name is NUL-terminated. Records
+ * come from other processes, a user's stage among them: every stage that
+ * reads one checks it with this first.
+ */
+static inline int tpo_msg_req_ok(const struct tpo_rec *rec)
+{
+	const struct tpo_msg_req *m = tpo_rec_data(rec);
+
+	return rec->len >= sizeof(*m) &&
+	       (uint64_t)sizeof(*m) + m->text_len + m->ctx_len + m->stop_len == rec->len &&
+	       memchr(m->model, 0, sizeof(m->model)) != NULL;
+}
 
 enum tpo_finish {
 	TPO_FINISH_STOP = 0,

@@ -492,14 +492,21 @@ int tpo_up_json_text(struct tpo_up_call *c, const char *js, const jsmntok_t *t,
 	return scratch_str(c, js, t, out, &c->carry);
 }
 
-int tpo_up_json_text_at(struct tpo_up_call *c, const char *js, const jsmntok_t *toks,
-			int ntoks, const char *path, const char **out)
+/* The string at path, decoded as scratch_str does. */
+static int scratch_str_at(struct tpo_up_call *c, const char *js, const jsmntok_t *toks,
+			  int ntoks, const char *path, const char **out, unsigned *carry)
 {
 	int i = tpo_json_find(js, toks, ntoks, 0, path);
 
 	if (i < 0)
 		return i;
-	return tpo_up_json_text(c, js, &toks[i], out);
+	return scratch_str(c, js, &toks[i], out, carry);
+}
+
+int tpo_up_json_text_at(struct tpo_up_call *c, const char *js, const jsmntok_t *toks,
+			int ntoks, const char *path, const char **out)
+{
+	return scratch_str_at(c, js, toks, ntoks, path, out, &c->carry);
 }
 
 /* A chunk is remembered up to this size (a stream's are ~200 bytes). */
@@ -547,11 +554,7 @@ void tpo_up_shape_forget(struct tpo_up_call *c)
 int tpo_up_json_str(struct tpo_up_call *c, const char *js, const jsmntok_t *toks,
 		    int ntoks, const char *path, const char **out)
 {
-	int i = tpo_json_find(js, toks, ntoks, 0, path);
-
-	if (i < 0)
-		return i;
-	return tpo_up_json_tokstr(c, js, &toks[i], out);
+	return scratch_str_at(c, js, toks, ntoks, path, out, NULL);
 }
 
 int tpo_up_finish_of(const char *reason)

@@ -263,3 +263,61 @@ Test(faults, killed_front_stops_its_inference)
 	tpo_stats_close(&st);
 	h_stop(&in);
 }
+
+/*
+ * A REQ record whose lengths add up only when summed in 32 bits (a buggy
+ * stage before assemble, a user's among them, or a scribbled ring) ends its
+ * request with one clean 500; assemble does not follow the lengths 2 GiB past
+ * the record, and the lane goes on serving.
+ */
+Test(faults, malformed_request_record_is_an_error_not_a_crash)
+{
+	struct tpo_stats st;
+	struct tpo_proc_snapshot p0, p;
+	struct tpo_ringset rs;
+	struct tpo_ring_shm *shm;
+	struct tpo_msg_req *m;
+	struct tpo_rec *rec;
+	struct h_conn c;
+	char body[512];
+	uint64_t tail, end;
+
+	h_start(&in, "malreq", FAULT_CFG);
+	h_stats_attach(&in, &st);
+	h_proc(&st, TPO_STAGE_ASSEMBLE, 0, &p0);
+	cr_assert_eq(kill(p0.pid, SIGSTOP), 0);
+	h_chat_body(body, sizeof(body), "scribbled on", 0, NULL);
+	h_begin(&c, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+
+	/* The front's REQ waits in assemble's input ring: scribble on it. */
+	cr_assert_eq(tpo_ringset_attach(&rs, in.name), 0);
+	shm = tpo_ringset_find(&rs, TPO_ST_STREAM, 0, TPO_ST_ASSEMBLE, 0);
+	cr_assert_not_null(shm);
+	end = h_now_ms() + H_HANG_MS;
+	tail = atomic_load(&shm->tail);
+	while (atomic_load(&shm->head) == tail && h_now_ms() < end)
+		h_sleep_ms(2);
+	cr_assert_neq(atomic_load(&shm->head), tail, "no REQ reached assemble's ring");
+	rec = (struct tpo_rec *)((uint8_t *)shm + TPO_RING_HDR_SIZE + (tail & (shm->capacity - 1)));
+	if (rec->type == TPO_REC_PAD)
+		rec = (struct tpo_rec *)((uint8_t *)shm + TPO_RING_HDR_SIZE);
+	cr_assert_eq(rec->type, TPO_MSG_REQ);
+	m = tpo_rec_data(rec);
+	cr_assert(tpo_msg_req_ok(rec));
+	m->text_len += 0x80000000u;
+	m->ctx_len += 0x80000000u;
+	cr_assert_eq(tpo_msg_req_size(m), rec->len, "a 32-bit sum still adds up");
+	tpo_ringset_close(&rs);
+	cr_assert_eq(kill(p0.pid, SIGCONT), 0);
+
+	cr_assert_eq(h_read_head(&c), 0);
+	cr_assert_eq(c.status, 500);
+	cr_assert_eq(h_read_body(&c), 0);
+	h_assert_oai_error(c.body, "malformed REQ record");
+	h_conn_free(&c);
+	h_proc(&st, TPO_STAGE_ASSEMBLE, 0, &p);
+	cr_assert_eq(p.pid, p0.pid, "assemble was restarted");
+	still_serves();
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
