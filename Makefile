@@ -132,7 +132,8 @@ build/fuzz/obj/%.o: %.c
 	    -MMD -MP -c $< -o $@
 # Only the modules the targets reach (what make test spends compiling).
 FUZZ_LIB := workers/json.c workers/jsmn_impl.c workers/sse.c workers/h1.c \
-            stagebin/openai.c stagebin/textproc.c stagebin/http.c supervisor/config.c
+            stagebin/openai.c stagebin/textproc.c stagebin/http.c supervisor/config.c \
+            shm/ring.c
 build/fuzz/libtpo.a: $(FUZZ_LIB:%.c=build/fuzz/obj/%.o)
 	rm -f $@ && ar rcs $@ $^
 build/fuzz/fuzz_%: build/fuzz/obj/tests/fuzz/fuzz_%.o build/fuzz/libtpo.a

@@ -112,6 +112,11 @@ int tpo_ring_open_producer(struct tpo_ring *r, void *mem, int peer_bell)
 	r->pos = atomic_load_explicit(&r->shm->head, memory_order_relaxed);
 	/* Pairs with the consumer's release store of tail in tpo_ring_release. */
 	r->cached = atomic_load_explicit(&r->shm->tail, memory_order_acquire);
+	/* Records start 8-aligned and tail never passes head: positions that
+	 * say otherwise were scribbled on, and writing from them would put a
+	 * padding record's header past the data area (found by fuzz_ring). */
+	if ((r->pos & 7) || r->pos - r->cached > (r->mask + 1))
+		return -EBADMSG;
 	r->records = atomic_load_explicit(&r->shm->prod_records, memory_order_relaxed);
 	atomic_store_explicit(&r->shm->prod_sleeping, 0, memory_order_relaxed);
 	atomic_store_explicit(&r->shm->prod_pid, (uint32_t)getpid(), memory_order_relaxed);

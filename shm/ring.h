@@ -187,7 +187,9 @@ int tpo_ring_init(void *mem, uint64_t capacity, uint32_t max_len, uint32_t id,
  * Opens one side of an initialised ring. The producer resumes at head (what
  * a dead predecessor reserved but never committed is forgotten); the consumer
  * resumes at tail (what a dead predecessor read but never released is read
- * again). Returns 0 or -EPROTO if mem is not a valid ring.
+ * again). Returns 0, -EPROTO if mem is not a valid ring, or (producer)
+ * -EBADMSG if its head and tail are corrupt (head not 8-aligned, or more
+ * than the capacity ahead of tail).
  */
 int tpo_ring_open_producer(struct tpo_ring *r, void *mem, int peer_bell);
 int tpo_ring_open_consumer(struct tpo_ring *r, void *mem, int peer_bell);

@@ -349,6 +349,35 @@ static struct tpo_rec *corrupt_setup(void *m, struct tpo_ring *p, struct tpo_rin
 	return w;
 }
 
+/*
+ * A producer does not open on positions no ring can have: a head off the
+ * 8-byte grid (a padding record written there would run past the data area;
+ * fuzz_ring found it) or a head more than the capacity ahead of tail.
+ */
+Test(ring, producer_refuses_corrupt_positions)
+{
+	void *m = ring_mem(1024);
+	struct tpo_ring_shm *s = m;
+	struct tpo_ring p;
+	const uint64_t start = 0 - (uint64_t)104;  /* across the 64-bit wrap */
+
+	cr_assert_eq(tpo_ring_init(m, 1024, 256, 0, start), 0);
+	cr_assert_eq(tpo_ring_open_producer(&p, m, -1), 0);
+	atomic_store(&s->head, start + 1024);      /* full: still a ring */
+	cr_assert_eq(tpo_ring_open_producer(&p, m, -1), 0);
+	atomic_store(&s->head, start + 1032);
+	cr_assert_eq(tpo_ring_open_producer(&p, m, -1), -EBADMSG);
+	atomic_store(&s->head, start - 8);         /* behind tail */
+	cr_assert_eq(tpo_ring_open_producer(&p, m, -1), -EBADMSG);
+	atomic_store(&s->head, start + 1021);
+	atomic_store(&s->tail, start + 1021);
+	cr_assert_eq(tpo_ring_open_producer(&p, m, -1), -EBADMSG);
+	atomic_store(&s->head, start + 1024);
+	atomic_store(&s->tail, start + 1024);
+	cr_assert_eq(tpo_ring_open_producer(&p, m, -1), 0);
+	free(m);
+}
+
 Test(ring, corrupt_header_detected)
 {
 	void *m = ring_mem(1024);
