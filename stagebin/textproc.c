@@ -227,7 +227,7 @@ static int is_stop_prefix(const struct tpo_stopper *st, const char *t, size_t k)
 int tpo_stop_feed(struct tpo_stopper *st, const char *in, size_t n,
 		  char *out, size_t cap, size_t *outn)
 {
-	size_t held = st->held, total, best, k;
+	size_t held = st->held, total, best, end, k;
 
 	*outn = 0;
 	if (st->done)
@@ -248,16 +248,24 @@ int tpo_stop_feed(struct tpo_stopper *st, const char *in, size_t n,
 	total = held + n;
 
 	/* The withheld tail contains no complete match, so a match must end
-	 * inside the new chunk; find the earliest start of any. */
-	best = SIZE_MAX;
+	 * inside the new chunk. The cut is before the match that ends first
+	 * (the longest of those ending there), as if the text came a byte at a
+	 * time: however the model's tokens split the same text, the client
+	 * gets the same answer (found by fuzz_text). */
+	best = end = SIZE_MAX;
 	for (int i = 0; i < st->nstop; i++) {
-		size_t l = st->len[i], from = held >= l ? held - l + 1 : 0;
+		size_t l = st->len[i], from = held >= l ? held - l + 1 : 0, at;
 
 		if (total < l || from > total - l)
 			continue;
 		const char *m = memmem(out + from, total - from, st->stop[i], l);
-		if (m && (size_t)(m - out) < best)
-			best = (size_t)(m - out);
+		if (!m)
+			continue;
+		at = (size_t)(m - out);
+		if (at + l < end || (at + l == end && at < best)) {
+			best = at;
+			end = at + l;
+		}
 	}
 	if (best != SIZE_MAX) {
 		st->done = 1;

@@ -59,8 +59,10 @@ int tpo_utf8_flush(struct tpo_utf8_joiner *j, char *out, size_t cap);
 #define TPO_STOP_LEN_MAX 128
 
 /*
- * Truncates a token stream right before the first occurrence of any stop
- * string, even one split over several chunks. Between chunks it withholds
+ * Truncates a token stream right before the stop string that completes
+ * first (of two completing at the same byte, the longer), even one split
+ * over several chunks: the same text is cut at the same place however it
+ * is chunked. Between chunks it withholds
  * only the longest suffix of the text seen so far that is a proper prefix
  * of some stop string (the least it must hold back), and releases those
  * bytes as soon as they can no longer start a match.

@@ -255,6 +255,37 @@ Test(stop, earliest_match_wins)
 	cr_assert(memcmp(out, "hel", 3) == 0);
 }
 
+/*
+ * "c" completes before "abcd" does: read a byte at a time the text stops at
+ * "c", so it must stop there however it is cut, whole included (it stopped
+ * before "abcd" when both came in one chunk; found by fuzz_text).
+ */
+Test(stop, the_match_that_ends_first_wins_every_split)
+{
+	const char *text = "xabcdy";
+	size_t n = strlen(text), got;
+	char out[512];
+
+	for (size_t a = 0; a <= n; a++)
+		for (size_t b = a; b <= n; b++) {
+			struct tpo_stopper st;
+			size_t cuts[2] = { a, b };
+
+			init2(&st, "abcd", "c");
+			cr_assert_eq(stop_split(&st, text, n, cuts, 2, out, &got), 1);
+			cr_assert_eq(got, 3, "cuts %zu %zu: %zu bytes", a, b, got);
+			cr_assert(memcmp(out, "xab", 3) == 0);
+		}
+	/* Two ending at the same byte: the longer one is cut. */
+	for (size_t c = 0; c <= 5; c++) {
+		struct tpo_stopper st;
+
+		init2(&st, "cd", "abcd");
+		cr_assert_eq(stop_split(&st, "xabcd", 5, &c, 1, out, &got), 1);
+		cr_assert_eq(got, 1, "split %zu", c);
+	}
+}
+
 Test(stop, self_overlapping_stop)
 {
 	/* "abab" after "aba": the whole "aba" must be held, not just "a". */
