@@ -38,6 +38,7 @@
  */
 #include "stagebin/fmt.h"
 #include "stagebin/http.h"
+#include "stagebin/textproc.h"
 
 #include <errno.h>
 #include <http_parser.h>
@@ -780,11 +781,14 @@ int tpo_http_stream_end(struct tpo_http_conn *c)
 
 static int format_error(char *buf, size_t cap, int status, const char *message)
 {
-	char esc[ERR_MSG_MAX];
+	char esc[ERR_MSG_MAX], text[ERR_MSG_MAX];
 	size_t mlen = message ? strlen(message) : 0;
 
-	/* A message too long for esc is cut at an escape boundary. */
-	tpo_json_escape(message ? message : "", mlen, esc, sizeof(esc));
+	/* Messages may quote a model server's bytes: the client gets valid
+	 * UTF-8 whatever they were. One too long for esc is cut at an escape
+	 * or character boundary. */
+	mlen = tpo_utf8_sanitize(message ? message : "", mlen, text, sizeof(text));
+	tpo_json_escape(text, mlen, esc, sizeof(esc));
 	return snprintf(buf, cap,
 			"{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":null,\"code\":null}}\n",
 			esc, status >= 500 ? "server_error" : "invalid_request_error");

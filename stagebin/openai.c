@@ -758,8 +758,14 @@ int tpo_oai_full_response(char *buf, size_t cap, int kind, const char *id, int64
 static void w_error(struct wr *w, const char *message, const char *type,
 		    const char *param, const char *code)
 {
+	char text[1024];
+	size_t n = message ? strlen(message) : 0;
+
+	/* Messages may quote a model server's bytes: valid UTF-8 whatever
+	 * they were, cut at a character. */
+	n = tpo_utf8_sanitize(message ? message : "", n, text, sizeof(text));
 	W_LIT(w, "{\"error\":{\"message\":");
-	w_jcstr(w, message ? message : "");
+	w_jstr(w, text, n);
 	W_LIT(w, ",\"type\":");
 	w_jcstr(w, type ? type : "invalid_request_error");
 	W_LIT(w, ",\"param\":");

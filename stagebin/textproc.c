@@ -172,6 +172,49 @@ int tpo_utf8_flush(struct tpo_utf8_joiner *j, char *out, size_t cap)
 	return 3;
 }
 
+/* n, moved back so that s[0..n) of well-formed text ends on a character. */
+static size_t char_floor(const char *s, size_t n)
+{
+	while (n > 0 && ((uint8_t)s[n] & 0xc0) == 0x80)
+		n--;
+	return n;
+}
+
+/* Appends t[0..n) (well-formed) to out[0..*o) as far as whole characters
+ * fit in cap; returns 0 if some did not. */
+static int put_chars(char *out, size_t *o, size_t cap, const char *t, size_t n)
+{
+	size_t k = n <= cap - *o ? n : char_floor(t, cap - *o);
+
+	memcpy(out + *o, t, k);
+	*o += k;
+	return k == n;
+}
+
+size_t tpo_utf8_sanitize(const char *s, size_t n, char *out, size_t cap)
+{
+	struct tpo_utf8_joiner j;
+	char tmp[TPO_UTF8_JOIN_BOUND(64)];
+	size_t o = 0, got;
+	int r;
+
+	if (n <= cap && tpo_utf8_valid(s, n)) {
+		memcpy(out, s, n);
+		return n;
+	}
+	tpo_utf8_joiner_init(&j);
+	for (size_t off = 0; off < n; off += 64) {
+		size_t piece = n - off < 64 ? n - off : 64;
+
+		tpo_utf8_join(&j, s + off, piece, tmp, sizeof(tmp), &got);
+		if (!put_chars(out, &o, cap, tmp, got))
+			return o;
+	}
+	r = tpo_utf8_flush(&j, tmp, sizeof(tmp));
+	put_chars(out, &o, cap, tmp, (size_t)r);
+	return o;
+}
+
 int tpo_stop_init(struct tpo_stopper *st, const char *const stops[],
 		  const size_t lens[], int n)
 {

@@ -53,6 +53,15 @@ int tpo_utf8_join(struct tpo_utf8_joiner *j, const char *in, size_t n,
  */
 int tpo_utf8_flush(struct tpo_utf8_joiner *j, char *out, size_t cap);
 
+/*
+ * Any bytes as well-formed UTF-8 in out: each ill-formed subsequence (an
+ * incomplete one at the end included) becomes U+FFFD, as tpo_utf8_join
+ * does, and the text stops before the first character that does not fit
+ * in cap. Returns the bytes written. For text from outside (a model
+ * server's error body, say) that a client will read as JSON.
+ */
+size_t tpo_utf8_sanitize(const char *s, size_t n, char *out, size_t cap);
+
 /* ---- stop sequences --------------------------------------------------- */
 
 #define TPO_STOP_MAX     8

@@ -667,6 +667,17 @@ int tpo_json_unescape_text(const char *src, size_t len, char *dst, size_t cap, u
 	return unescape(src, len, dst, cap, carry);
 }
 
+/* k, or the start of the UTF-8 character that s[k] continues (when s[k]
+ * is a continuation byte of one). */
+static size_t char_cut(const char *s, size_t k)
+{
+	size_t b = k;
+
+	while (b > 0 && k - b < 3 && ((unsigned char)s[b] & 0xc0) == 0x80)
+		b--;
+	return b < k && ((unsigned char)s[b] & 0xc0) == 0xc0 ? b : k;
+}
+
 size_t tpo_json_escape(const char *src, size_t len, char *dst, size_t cap)
 {
 	static const char hex[] = "0123456789abcdef";
@@ -681,8 +692,10 @@ size_t tpo_json_escape(const char *src, size_t len, char *dst, size_t cap)
 		/* A run of plain bytes at once, as far as it fits. */
 		if (run) {
 			size_t k = full || o + 1 >= cap ? 0 : cap - 1 - o;
-			if (k > run)
+			if (k >= run)
 				k = run;
+			else   /* cut: not inside a character */
+				k = char_cut(src + i, k);
 			if (k) {
 				memcpy(dst + o, src + i, k);
 				o += k;

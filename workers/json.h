@@ -88,7 +88,8 @@ int tpo_json_unescape_text(const char *src, size_t len, char *dst, size_t cap, u
  * Escapes src[0..len) for the inside of a JSON string: " and \ get a
  * backslash, \n \r \t \b \f their short forms, other bytes below 0x20 \u00XX;
  * everything else (UTF-8 included) is copied. Writes as much as fits in
- * cap - 1 bytes without splitting an escape and NUL-terminates (if cap > 0).
+ * cap - 1 bytes without splitting an escape or a UTF-8 character and
+ * NUL-terminates (if cap > 0).
  * Returns the full escaped length without the NUL: the output is complete
  * iff the return is < cap. dst may be NULL when cap is 0.
  */

@@ -61,6 +61,7 @@
 #include "shm/ring.h"
 #include "shm/stats.h"
 #include "stagebin/proto.h"
+#include "stagebin/textproc.h"
 #include "supervisor/config.h"
 #include "workers/h1.h"
 #include "workers/sse.h"
@@ -979,15 +980,22 @@ static void error_text(struct tpo_up_call *c, char *out, size_t cap)
 		for (size_t k = 0; k < sizeof(paths) / sizeof(paths[0]); k++) {
 			int len = tpo_up_json_str(c, c->resp.p, t, nt, paths[k], &s);
 			if (len > 0) {
-				snprintf(out, cap, "%.*s", len, s);
+				n = tpo_utf8_sanitize(s, (size_t)len, out, cap - 1);
+				out[n] = 0;
 				return;
 			}
 		}
 	}
-	for (size_t i = 0; i < c->resp.len && n + 1 < cap && n < 300; i++) {
+	/* The body itself, whatever its bytes: the message reaches a client
+	 * inside JSON, so as valid UTF-8 (U+FFFD for the rest), cut at a
+	 * character. */
+	char raw[300];
+	size_t m = 0;
+	for (size_t i = 0; i < c->resp.len && m < sizeof(raw); i++) {
 		unsigned char ch = (unsigned char)c->resp.p[i];
-		out[n++] = (ch < 0x20 || ch == 0x7f) ? ' ' : (char)ch;
+		raw[m++] = (ch < 0x20 || ch == 0x7f) ? ' ' : (char)ch;
 	}
+	n = tpo_utf8_sanitize(raw, m, out, cap - 1);
 	while (n && out[n - 1] == ' ')
 		n--;
 	out[n] = 0;

@@ -7,7 +7,7 @@
  * with a fresh and a kept array; every string token of a valid document
  * unescapes; tpo_json_skip walks the root's subtree to the end; and any
  * bytes escaped by tpo_json_escape, quoted, are a valid document that
- * unescapes back to them.
+ * unescapes back to them, and cut short by a small buffer, still a valid one.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -83,6 +83,17 @@ static void escape_round_trip(const char *s, size_t len)
 		      memcmp(back, s, len) == 0);
 	else
 		check(!ascii(s, len));
+	/* Cut short (any cap), valid text escapes to a valid prefix: no escape
+	 * and no UTF-8 character split. */
+	if (tpo_json_validate(q, n + 2, NULL) == 0 && n > 0) {
+		size_t cap = 1 + (len * 7 + n) % n, m;
+
+		check(tpo_json_escape(s, len, q + 1, cap) == n);
+		m = strlen(q + 1);
+		check(m < cap);
+		q[1 + m] = '"';
+		check(tpo_json_validate(q, m + 2, NULL) == 0);
+	}
 	free(q);
 	free(back);
 }

@@ -8,7 +8,8 @@
  * each), a template for tpo_template_fill (a length byte, then it), then the
  * model's text. Checked against straightforward references:
  *   - UTF-8 repair fed in pieces gives the same bytes as fed whole; they are
- *     well-formed; valid input comes out unchanged;
+ *     well-formed; valid input comes out unchanged; tpo_utf8_sanitize gives
+ *     them too, as many whole characters as fit;
  *   - the stopper, fed the repaired text in pieces, releases exactly the
  *     text before the first occurrence of any stop string (all of it if
  *     none occurs), says so once a stop completed, and releases bytes in
@@ -153,6 +154,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *in, size_t n)
 	check(tpo_utf8_valid(whole.p, whole.len));
 	if (tpo_utf8_valid((const char *)in, n))
 		check(whole.len == n && !memcmp(whole.p, in, n));
+
+	/* Sanitizing is the same repair, cut before the first character that
+	 * does not fit. */
+	{
+		size_t cap = step ? n * step / 16 : n, m = tpo_utf8_sanitize((const char *)in, n, out, cap);
+
+		check(m <= cap && tpo_utf8_valid(out, m));
+		check(m <= whole.len && !memcmp(out, whole.p, m));
+		check(m == whole.len || cap - m < 4);
+	}
 
 	/* Stop strings over the repaired text, fed in pieces. */
 	check(tpo_stop_init(&st, stops, lens, nstop) == 0);

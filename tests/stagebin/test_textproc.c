@@ -157,6 +157,35 @@ Test(joiner, invalid_across_chunks)
 	cr_assert(memcmp(out, FFFD "(", 4) == 0);
 }
 
+Test(utf8, sanitize)
+{
+	char out[64];
+	size_t n;
+
+	/* Valid text as it is; bad bytes and a cut sequence as U+FFFD. */
+	n = tpo_utf8_sanitize("caf\xc3\xa9", 5, out, sizeof(out));
+	cr_assert_eq(n, 5);
+	cr_assert(memcmp(out, "caf\xc3\xa9", 5) == 0);
+	n = tpo_utf8_sanitize("\xff<b> \xc3", 6, out, sizeof(out));
+	cr_assert_eq(n, 3 + 4 + 3);
+	cr_assert(memcmp(out, FFFD "<b> " FFFD, n) == 0);
+	/* Cut before the first character that does not fit, never inside. */
+	n = tpo_utf8_sanitize("ab\xc3\xa9\xc3\xa9", 6, out, 5);
+	cr_assert_eq(n, 4);
+	cr_assert(memcmp(out, "ab\xc3\xa9", 4) == 0);
+	n = tpo_utf8_sanitize("ab\xff", 3, out, 4);   /* U+FFFD is 3 bytes: only "ab" */
+	cr_assert_eq(n, 2);
+	cr_assert_eq(tpo_utf8_sanitize("", 0, out, 0), 0);
+	/* Longer than one internal piece (64 bytes), bad byte at the end. */
+	char big[200];
+	memset(big, 'x', sizeof(big));
+	big[199] = (char)0xff;
+	static char o2[400];
+	n = tpo_utf8_sanitize(big, sizeof(big), o2, sizeof(o2));
+	cr_assert_eq(n, 199 + 3);
+	cr_assert(memcmp(o2 + 199, FFFD, 3) == 0);
+}
+
 Test(joiner, output_bound_enforced)
 {
 	struct tpo_utf8_joiner j;

@@ -138,6 +138,25 @@ Test(json, escape_truncates_whole_escapes)
 	cr_assert_str_eq(b, "a");
 }
 
+/* Cut short, the output never ends inside a UTF-8 character: a client's
+ * decoder would reject the whole answer (found by fuzz_json). */
+Test(json, escape_truncates_whole_characters)
+{
+	char b[16];
+	size_t n;
+
+	/* "ab" then three 2-byte characters: 15 bytes of room end inside one */
+	n = tpo_json_escape("ab\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9", 16, b, 16);
+	cr_assert_eq(n, 16);
+	cr_assert_str_eq(b, "ab\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9");
+	n = tpo_json_escape("\xf0\x9f\x98\x80\xf0\x9f\x98\x80", 8, b, 8);   /* two emoji, room for 7 */
+	cr_assert_eq(n, 8);
+	cr_assert_str_eq(b, "\xf0\x9f\x98\x80");
+	n = tpo_json_escape("\xe2\x82\xac", 3, b, 3);
+	cr_assert_eq(n, 3);
+	cr_assert_str_eq(b, "");
+}
+
 Test(json, escape_unescape_roundtrip)
 {
 	char src[256], esc[2048], back[256];
