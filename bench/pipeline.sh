@@ -1142,6 +1142,7 @@ def surge_phase(p, name):
             "ok_max_us": r1(g(p, "latency_us", "e2e_ok", "max")),
             "shed_p50_us": r1(g(p, "latency_us", "e2e_shed", "p50")), "shed_p99_us": r1(g(p, "latency_us", "e2e_shed", "p99")),
             "shed_max_us": r1(g(p, "latency_us", "e2e_shed", "max")),
+            "shed_from_handoff_p99_us": r1(g(p, "latency_us", "shed_from_handoff", "p99")),
             "ok_per_s": p.get("ok_per_s")}
 su = {}
 for pol in SURGE_POLICIES:
@@ -1203,7 +1204,7 @@ if su:
         if e:
             md.append(f"| {pol} | {e.get('lanes', 'n/a')} | {fmt(e['capacity_req_per_s'])} | {fmt(e['capacity_p99_us'])} |")
     md.append("")
-    md.append("| policy | phase | offered req/s | sent / offered; send lag p99 / max µs | ok/s | admitted p50 / p99 / max µs | shed (429/503) | shed p50 / p99 / max µs | conn errors / timeouts / unanswered / lost |\n|---|---|---|---|---|---|---|---|---|")
+    md.append("| policy | phase | offered req/s | sent / offered; send lag p99 / max µs | ok/s | admitted p50 / p99 / max µs | shed (429/503) | shed p50 / p99 / max µs (p99 from the hand-off) | conn errors / timeouts / unanswered / lost |\n|---|---|---|---|---|---|---|---|---|")
     for pol in SURGE_POLICIES:
         e = su.get(pol)
         if not e:
@@ -1212,7 +1213,7 @@ if su:
             md.append(f"| {pol} | {p['name']} | {fmt(p['offered'])} | {p['sent_of_offered']}; {fmt(p['send_lag_p99_us'])} / {fmt(p['send_lag_max_us'])} | "
                       f"{fmt(p['ok_per_s'])} | {fmt(p['ok_p50_us'])} / {fmt(p['ok_p99_us'])} / {fmt(p['ok_max_us'])} | "
                       f"{fmt(p['shed'])}{''.join(f', {k}: {v}' for k, v in (p['answers'] or {}).items() if k in ('429', '503') and p['shed'] != v)} | "
-                      f"{fmt(p['shed_p50_us'])} / {fmt(p['shed_p99_us'])} / {fmt(p['shed_max_us'])} | "
+                      f"{fmt(p['shed_p50_us'])} / {fmt(p['shed_p99_us'])} / {fmt(p['shed_max_us'])} ({fmt(p.get('shed_from_handoff_p99_us'))}) | "
                       f"{p['conn_errors']} / {p['timeouts']} / {p['unanswered']} / {p['lost']} |")
     md.append("")
     for pol in SURGE_POLICIES:
@@ -1396,7 +1397,16 @@ def why_load(kind, q="p50"):
 target("added latency p50 at half load (half the sustained open-loop capacity, proxying --serve)", g(ovh, "plain.50", "added_e2e_p50_us"), 100, False, "µs", why_load("plain"))
 target("added latency p99 at half load (half the sustained open-loop capacity, proxying --serve)", g(ovh, "plain.50", "added_e2e_p99_us"), 1000, False, "µs", why_load("plain", "p99"))
 target("TTFT added (p50, half the sustained open-loop streaming capacity, proxying --serve)", g(ovh, "stream.50", "added_ttft_p50_us"), 200, False, "µs", why_load("stream"))
-target("shed answers p99 under surge (reject_new, model-bound capacity)", g(out, "surge", "reject_new", "phases", 1, "shed_p99_us"), 1000, False, "µs")
+def why_shed():
+    """Whose the tail is: the generator's own lag in the surge phase, and the
+    shed p99 counted from the hand-off to a connection (lag left out)."""
+    p = g(out, "surge", "reject_new", "phases", 1) or {}
+    if p.get("send_lag_p99_us") is None:
+        return None
+    return (f"the generator's send lag p99 in the surge was {fmt(p['send_lag_p99_us'])} µs (latency counts from the "
+            "scheduled send); counted from the hand-off to a connection the shed p99 was "
+            f"{fmt(p.get('shed_from_handoff_p99_us'))} µs (4.)")
+target("shed answers p99 under surge (reject_new, model-bound capacity)", g(out, "surge", "reject_new", "phases", 1, "shed_p99_us"), 1000, False, "µs", why_shed())
 lost = [p.get("lost") for p in (g(out, "chaos", "phases") or []) if p.get("lost") is not None]
 target("requests lost under chaos", sum(lost) if lost else None, 0, False, "requests")
 # Scenario 6 proper (mock worker, idle to 10k open streams), then the

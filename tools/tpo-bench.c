@@ -68,6 +68,7 @@ struct conn {
 	uint32_t sent_off;
 	int phase;                   /* -1: warm-up, not measured */
 	uint64_t t_start;            /* due (open) or sent (closed) */
+	uint64_t t_handed;           /* handed to a connection (open: >= t_start) */
 	uint64_t t_first_byte, t_first_tok, t_last_tok;
 	uint32_t ntok;
 	int status;
@@ -83,6 +84,8 @@ struct conn {
 struct stats {
 	struct tpo_hist e2e_ok, e2e_shed, e2e_other, ttfb, ttft, itl;
 	struct tpo_hist send_lag;    /* open loop: due -> handed to a connection */
+	struct tpo_hist shed_handed; /* open loop: 429/503 from the hand-off, the
+				      * generator's own lag left out */
 	uint64_t status[NSTATUS];
 	uint64_t sent, conn_err, timeout, unanswered, tokens, stream_err;
 	uint64_t stall_ns;           /* longest gap between 2xx answers ending in it */
@@ -436,8 +439,11 @@ static void finish(struct conn *c, int status, uint64_t now)
 		s->status[status < NSTATUS ? status : 0]++;
 		if (ok)
 			tpo_hist_record(&s->e2e_ok, lat);
-		else if (shed)
+		else if (shed) {
 			tpo_hist_record(&s->e2e_shed, lat);
+			if (opt.open)
+				tpo_hist_record(&s->shed_handed, now - c->t_handed);
+		}
 		else
 			tpo_hist_record(&s->e2e_other, lat);
 		if (c->t_first_byte)
@@ -484,6 +490,7 @@ static void start_request(struct conn *c, uint64_t t_start, uint64_t now)
 	int err;
 
 	c->t_start = t_start;
+	c->t_handed = now;
 	c->phase = phase_of(t_start);
 	c->t_first_byte = c->t_first_tok = c->t_last_tok = 0;
 	c->ntok = 0;
@@ -1075,7 +1082,8 @@ static void json_stats(FILE *f, const struct stats *s, double rate, double dur)
 	json_hist(f, "ttfb", &s->ttfb, 1);
 	json_hist(f, "ttft", &s->ttft, 1);
 	json_hist(f, "itl", &s->itl, 1);
-	json_hist(f, "send_lag", &s->send_lag, 0);
+	json_hist(f, "send_lag", &s->send_lag, 1);
+	json_hist(f, "shed_from_handoff", &s->shed_handed, 0);
 	fprintf(f, "}}");
 }
 
@@ -1090,6 +1098,7 @@ static void merge(struct stats *dst, const struct stats *src)
 	tpo_hist_merge(&dst->ttft, &src->ttft);
 	tpo_hist_merge(&dst->itl, &src->itl);
 	tpo_hist_merge(&dst->send_lag, &src->send_lag);
+	tpo_hist_merge(&dst->shed_handed, &src->shed_handed);
 	for (i = 0; i < NSTATUS; i++)
 		dst->status[i] += src->status[i];
 	dst->sent += src->sent;
@@ -1134,8 +1143,10 @@ static void print_stats(const char *title, const struct stats *s, double dur)
 	print_hist("ttfb", &s->ttfb);
 	print_hist("ttft", &s->ttft);
 	print_hist("itl", &s->itl);
-	if (opt.open)
+	if (opt.open) {
 		print_hist("send lag", &s->send_lag);
+		print_hist("shed from hand-off", &s->shed_handed);
+	}
 }
 
 static void report(double wall, double cpu)

@@ -158,6 +158,12 @@ url=http://127.0.0.1:$port/v1/chat/completions
 bench --url "$url" --mode open --rate 20 --duration 1 --prompt 'x [[tpo:error=503]]' --json "$dir/err.json"
 [ "$(field "$dir/err.json" "d['total']['answers'].get('503')")" = 20 ] || fail "503 answers not counted"
 [ "$(field "$dir/err.json" "d['total']['ok']")" = 0 ] || fail "errors counted as ok"
+# 429/503 are also timed from their hand-off to a connection (the generator's
+# own lag left out): as many, and never longer than from their schedule
+[ "$(field "$dir/err.json" "d['total']['latency_us']['shed_from_handoff']['n']")" = 20 ] ||
+	fail "shed answers not timed from their hand-off"
+field "$dir/err.json" "all(d['total']['latency_us']['shed_from_handoff'][q] <= d['total']['latency_us']['e2e_shed'][q] for q in ('p50','p99','max'))" |
+	grep -qx True || fail "shed from hand-off longer than from schedule"
 
 # 8. requests 250 ms apart: each finds its connection closed by the
 # server's idle timeout, which the generator notices and replaces
