@@ -63,7 +63,7 @@ TMP=$(mktemp -d /tmp/tpo-pipeline.XXXXXX)
 R=$TMP/r
 mkdir -p "$R" "$RES"
 
-SUP_PID= SERVE_PID= MOCK_PID= KILLER_PID= LOAD_PID= NGINX_PID=
+SUP_PID= SERVE_PID= MOCK_PID= KILLER_PID= LOAD_PID= NGINX_PID= STEAL_PID=
 
 log() { printf 'pipeline: %s\n' "$*" >&2; }
 skipped() { case $SKIP in *" $1 "*) return 0 ;; esac; return 1; }
@@ -71,7 +71,7 @@ skipped() { case $SKIP in *" $1 "*) return 0 ;; esac; return 1; }
 . "$ROOT/bench/lib.sh"   # stop_pid, free_port
 
 cleanup() {
-	stop_pid "$KILLER_PID"; stop_pid "$LOAD_PID"
+	stop_pid "$KILLER_PID"; stop_pid "$LOAD_PID"; stop_pid "$STEAL_PID"
 	stop_pid "$SUP_PID"; stop_pid "$SERVE_PID"; stop_pid "$MOCK_PID"; stop_pid "$NGINX_PID"
 	rm -f /dev/shm/tpo."$NAME".* 2>/dev/null
 	# Every run's tpo-bench JSON stays for a closer look (not in git):
@@ -142,6 +142,8 @@ m = {
   "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
   "os": sh(". /etc/os-release && echo $PRETTY_NAME"),
   "loadavg_start": open("/proc/loadavg").read().split()[:3],
+  # steal ticks (/proc/stat) and when: the report gives the run's share
+  "steal_start": [float(sh("date +%s.%N") or 0), int(open("/proc/stat").readline().split()[8])],
   "date": sh("date -u +%Y-%m-%dT%H:%M:%SZ"),
 }
 json.dump(m, open(sys.argv[1], "w"))
@@ -304,6 +306,16 @@ ss = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )
                     capture_output=True, text=True).stdout
 json.dump({"procs": procs, "shm": segs, "open_conns": len(ss.splitlines())}, open(out, "w"))
 EOF
+}
+
+# steal_sampler FILE: "seconds steal_ticks" lines every 0.2 s until killed:
+# the time the host ran something else while a vCPU of ours wanted to run
+# (/proc/stat, USER_HZ ticks summed over the CPUs).
+steal_sampler() {
+	while :; do
+		printf '%s %s\n' "$(date +%s.%N)" "$(awk '/^cpu /{print $9; exit}' /proc/stat)"
+		sleep 0.2
+	done >"$1"
 }
 
 bench() {  # out.json args...
@@ -680,8 +692,11 @@ surge() {
 	[ "$hi" -le 30000 ] || log "surge/$pol: warning: $hi req/s may exceed what one tpo-bench thread sends"
 	log "surge/$pol: capacity $cap req/s; $lo req/s 5 s, $hi req/s 10 s, $lo req/s 10 s"
 	echo "$lanes" > "$R/surge.$pol.lanes.txt"
+	steal_sampler "$R/surge.$pol.steal.txt" &
+	STEAL_PID=$!
 	bench "$R/surge.$pol.json" --url "$URL" --mode open --profile "$lo:5,$hi:10,$lo:10" \
 		--warmup 1 --max-tokens "$SURGE_TOKENS" --timeout-ms 10000 --max-conns 10000
+	stop_pid "$STEAL_PID"; STEAL_PID=
 	curl -s -o /dev/null -w '%{http_code}' "$URL" -d '{"model":"tpo-mock","messages":[{"role":"user","content":"after"}]}' \
 		> "$R/surge.$pol.after.txt"
 	stop_tpo
@@ -758,7 +773,7 @@ echo $(( $(date +%s) - T_START )) > "$R/elapsed.txt"
 
 # ---- the report ----
 python3 - "$R" "$RES" "$RUNS" "$DUR" "$MERGE" <<'EOF' || exit 1
-import glob, json, os, shutil, statistics, subprocess, sys
+import glob, json, os, shutil, statistics, subprocess, sys, time
 R, RES, RUNS, DUR = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 MERGE = sys.argv[5] not in ("", "0")
 
@@ -812,6 +827,12 @@ def fmt(x, unit=""):
 
 machine = load(os.path.join(R, "machine.json"))
 machine["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+try:   # the share of the vCPUs' time the host gave to others during the run
+    t0, k0 = machine.pop("steal_start")
+    machine["steal_pct"] = round((int(open("/proc/stat").readline().split()[8]) - k0) / os.sysconf("SC_CLK_TCK")
+                                 / (time.time() - t0) / (machine.get("cores") or 1) * 100, 2)
+except Exception:
+    pass
 out = {"machine": machine, "runs": RUNS, "duration_s": DUR}
 try:
     out["elapsed_s"] = int(open(os.path.join(R, "elapsed.txt")).read())
@@ -821,7 +842,9 @@ md = []
 md.append("# tpo pipeline benchmarks (`make bench`, bench/pipeline.sh)\n")
 md.append(f"Machine: {machine.get('cpu')} — {machine.get('cores')} vCPUs ({machine.get('hypervisor') or 'bare metal'}), "
           f"{machine.get('mem_gib')} GiB, {machine.get('os')}, Linux {machine.get('kernel')}; {machine.get('date')}. "
-          f"Load average at start {' '.join(machine.get('loadavg_start', []))}, at end {' '.join(machine['loadavg_end'])}. "
+          f"Load average at start {' '.join(machine.get('loadavg_start', []))}, at end {' '.join(machine['loadavg_end'])}"
+          + (f"; steal (the host running something else on these vCPUs) {machine['steal_pct']} % of their time over the run"
+             if machine.get("steal_pct") is not None else "") + ". "
           "The load generator (`tpo-bench`, one thread) runs on the same two cores as every tpo process, "
           "and the machine may be shared with other work: read ratios rather than absolutes. "
           f"Medians of {RUNS} runs of {DUR:g} s (after 1 s of warm-up) where marked.\n")
@@ -1159,6 +1182,18 @@ for pol in SURGE_POLICIES:
         e["lanes"] = int(open(os.path.join(R, f"surge.{pol}.lanes.txt")).read())
     except Exception:
         pass
+    # steal in the surge phase (1 s of warm-up and 5 s before it): the share
+    # of the vCPUs' time the host gave to others, and its worst 1 s
+    try:
+        sm = [tuple(map(float, l.split())) for l in open(os.path.join(R, f"surge.{pol}.steal.txt")) if len(l.split()) == 2]
+        t0, hz, ncpu = sm[0][0], os.sysconf("SC_CLK_TCK"), machine.get("cores") or 1
+        win = [x for x in sm if 6 <= x[0] - t0 <= 16]
+        per_s = [(b[1] - a[1]) / hz / (b[0] - a[0]) / ncpu * 100 for a, b in zip(win, win[1:]) if b[0] > a[0]]
+        if len(win) >= 2:
+            e["surge_steal_pct"] = round((win[-1][1] - win[0][1]) / hz / (win[-1][0] - win[0][0]) / ncpu * 100, 2)
+            e["surge_steal_max_pct_1s"] = round(max(sum(per_s[i:i + 5]) / 5 for i in range(max(1, len(per_s) - 4))), 1)
+    except Exception:
+        pass
     # recovery: first second after the surge whose slowest admitted answer is
     # within 2x of the median slowest second before it (at least 1 ms), with
     # nothing shed and no errors
@@ -1226,11 +1261,17 @@ if su:
                   f"admitted answer of a second was back within {fmt(e['recovery_limit_us'])} µs with nothing shed. A request after "
                   f"the run: HTTP {e.get('status_after')}. Generator kept up: {'yes' if e['generator_kept_up'] else 'NO: the figures measure its backlog'} "
                   f"(connections used {fmt(e['max_conns'])}, backlog overflow {e['backlog_overflow']}, extra responses {e['extra_responses']})."
+                  + (f" Steal during the surge (the host running something else on our vCPUs): {e['surge_steal_pct']} % of their "
+                     f"time, {e.get('surge_steal_max_pct_1s')} % in its worst second."
+                     if e.get("surge_steal_pct") is not None else "")
                   + (f" The {fmt(a['shed'])} shed after the surge were in its second{'s' if len(e['after_shed_seconds']) > 1 else ''} "
                      f"{', '.join(str(t) for t in e['after_shed_seconds'])} (0: the first)"
                      + (": the surge's admitted requests still held the lanes' budget when the 50 % phase began."
                         if max(e["after_shed_seconds"]) <= 1 else ".")
                      if a.get("shed") and e.get("after_shed_seconds") else ""))
+    md.append("\nThe parenthesised shed p99 counts from the request's hand-off to a connection instead of its schedule: "
+              "the generator's own lag left out. When it is high too, the whole machine was slow (both share the cores, "
+              "and with steal the host took them), not the generator alone.\n")
     md.append("\nA 429 (reject_new) is the new request's own answer, sent as it arrives. A 503 under drop_oldest goes to an "
               "admitted request still waiting for inference, so its latency is the time it waited, not the shed path's.\n")
 
@@ -1403,9 +1444,12 @@ def why_shed():
     p = g(out, "surge", "reject_new", "phases", 1) or {}
     if p.get("send_lag_p99_us") is None:
         return None
+    st = g(out, "surge", "reject_new", "surge_steal_pct")
     return (f"the generator's send lag p99 in the surge was {fmt(p['send_lag_p99_us'])} µs (latency counts from the "
             "scheduled send); counted from the hand-off to a connection the shed p99 was "
-            f"{fmt(p.get('shed_from_handoff_p99_us'))} µs (4.)")
+            f"{fmt(p.get('shed_from_handoff_p99_us'))} µs"
+            + (f"; the host took {st} % of the vCPUs' time during the surge (steal), and a p99 is the worst 1 % of "
+               "requests" if st is not None else "") + " (4.)")
 target("shed answers p99 under surge (reject_new, model-bound capacity)", g(out, "surge", "reject_new", "phases", 1, "shed_p99_us"), 1000, False, "µs", why_shed())
 lost = [p.get("lost") for p in (g(out, "chaos", "phases") or []) if p.get("lost") is not None]
 target("requests lost under chaos", sum(lost) if lost else None, 0, False, "requests")
