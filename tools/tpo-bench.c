@@ -437,15 +437,15 @@ static void finish(struct conn *c, int status, uint64_t now)
 		return;
 	if (status > 0) {
 		s->status[status < NSTATUS ? status : 0]++;
-		if (ok)
+		if (ok) {
 			tpo_hist_record(&s->e2e_ok, lat);
-		else if (shed) {
+		} else if (shed) {
 			tpo_hist_record(&s->e2e_shed, lat);
 			if (opt.open)
 				tpo_hist_record(&s->shed_handed, now - c->t_handed);
-		}
-		else
+		} else {
 			tpo_hist_record(&s->e2e_other, lat);
+		}
 		if (c->t_first_byte)
 			tpo_hist_record(&s->ttfb, c->t_first_byte - c->t_start);
 		if (c->sse && c->t_first_tok)
