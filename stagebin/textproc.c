@@ -172,19 +172,20 @@ int tpo_utf8_flush(struct tpo_utf8_joiner *j, char *out, size_t cap)
 	return 3;
 }
 
-/* n, moved back so that s[0..n) of well-formed text ends on a character. */
-static size_t char_floor(const char *s, size_t n)
+size_t tpo_utf8_cut(const char *s, size_t k)
 {
-	while (n > 0 && ((uint8_t)s[n] & 0xc0) == 0x80)
-		n--;
-	return n;
+	size_t b = k;
+
+	while (b > 0 && k - b < 3 && ((uint8_t)s[b] & 0xc0) == 0x80)
+		b--;
+	return b < k && ((uint8_t)s[b] & 0xc0) == 0xc0 ? b : k;
 }
 
 /* Appends t[0..n) (well-formed) to out[0..*o) as far as whole characters
  * fit in cap; returns 0 if some did not. */
 static int put_chars(char *out, size_t *o, size_t cap, const char *t, size_t n)
 {
-	size_t k = n <= cap - *o ? n : char_floor(t, cap - *o);
+	size_t k = n <= cap - *o ? n : tpo_utf8_cut(t, cap - *o);
 
 	memcpy(out + *o, t, k);
 	*o += k;

@@ -54,6 +54,13 @@ int tpo_utf8_join(struct tpo_utf8_joiner *j, const char *in, size_t n,
 int tpo_utf8_flush(struct tpo_utf8_joiner *j, char *out, size_t cap);
 
 /*
+ * Where to cut s before byte k (s[k] must be readable) so as not to split a
+ * character: k, or the start of the character that s[k] continues (its lead
+ * byte at most three back; a stray continuation byte moves nothing).
+ */
+size_t tpo_utf8_cut(const char *s, size_t k);
+
+/*
  * Any bytes as well-formed UTF-8 in out: each ill-formed subsequence (an
  * incomplete one at the end included) becomes U+FFFD, as tpo_utf8_join
  * does, and the text stops before the first character that does not fit

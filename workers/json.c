@@ -2,6 +2,7 @@
  * json.c — strict JSON validation, jsmn tokenizing, escape/unescape.
  */
 #include "workers/json.h"
+#include "stagebin/textproc.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -667,17 +668,6 @@ int tpo_json_unescape_text(const char *src, size_t len, char *dst, size_t cap, u
 	return unescape(src, len, dst, cap, carry);
 }
 
-/* k, or the start of the UTF-8 character that s[k] continues (when s[k]
- * is a continuation byte of one). */
-static size_t char_cut(const char *s, size_t k)
-{
-	size_t b = k;
-
-	while (b > 0 && k - b < 3 && ((unsigned char)s[b] & 0xc0) == 0x80)
-		b--;
-	return b < k && ((unsigned char)s[b] & 0xc0) == 0xc0 ? b : k;
-}
-
 size_t tpo_json_escape(const char *src, size_t len, char *dst, size_t cap)
 {
 	static const char hex[] = "0123456789abcdef";
@@ -695,7 +685,7 @@ size_t tpo_json_escape(const char *src, size_t len, char *dst, size_t cap)
 			if (k >= run)
 				k = run;
 			else   /* cut: not inside a character */
-				k = char_cut(src + i, k);
+				k = tpo_utf8_cut(src + i, k);
 			if (k) {
 				memcpy(dst + o, src + i, k);
 				o += k;

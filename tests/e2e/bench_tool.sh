@@ -105,30 +105,15 @@ bench --url "http://127.0.0.1:$dead/v1/chat/completions" --mode open --rate 50 -
 # new connection for the next request instead of failing on the dead one
 cport=$(free_port)
 python3 - "$cport" <<'PY' &
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1])))
-s.listen(64)
+import sys
+from tests.lib.httpreq import listen, read_request
+s = listen(int(sys.argv[1]))
 body = b'{"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"completion_tokens":1}}'
 while True:
     c, _ = s.accept()
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        got = c.recv(4096)
-        if not got:
-            break
-        buf += got
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    n = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            n = int(line.split(b":")[1])
-    while len(rest) < n:
-        got = c.recv(4096)
-        if not got:
-            break
-        rest += got
+    if read_request(c) is None:
+        c.close()
+        continue
     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
     c.close()
 PY

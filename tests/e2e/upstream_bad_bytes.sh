@@ -27,29 +27,19 @@ fail() { echo "upstream_bad_bytes: FAIL: $*"; [ -f "$dir/sup.log" ] && tail -20 
 
 # The upstream: what it answers depends on the last message's content.
 cat >"$dir/up.py" <<'PY'
-import socket, sys, threading
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1])))
-s.listen(64)
+import sys, threading
+from tests.lib.httpreq import listen, read_request
+s = listen(int(sys.argv[1]))
 LONG = ("\u00e9" * 700).encode()       # two bytes each: any cut may split one
 def send(c, status, ctype, body):
     c.sendall(b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
               b"Connection: close\r\n\r\n" % (status, ctype, len(body)) + body)
 def answer(c):
-    data = b""
-    while b"\r\n\r\n" not in data:
-        d = c.recv(65536)
-        if not d:
-            return
-        data += d
-    head, _, body = data.partition(b"\r\n\r\n")
-    n = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            n = int(line.split(b":")[1])
-    while len(body) < n:
-        body += c.recv(65536)
+    req = read_request(c)
+    if req is None:
+        c.close()
+        return
+    head, body = req
     if b"health" in head.split(b"\r\n")[0]:
         send(c, b"200 OK", b"text/plain", b"ok")
     elif b"raw-bytes" in body:
@@ -68,7 +58,7 @@ while True:
     c, _ = s.accept()
     threading.Thread(target=answer, args=(c,), daemon=True).start()
 PY
-python3 "$dir/up.py" "$uport" >"$dir/up.log" 2>&1 &
+PYTHONPATH=$PWD python3 "$dir/up.py" "$uport" >"$dir/up.log" 2>&1 &
 srv=$!
 wait_for upstream_bad_bytes "$srv" "$dir/up.log" upstream curl -sf "http://127.0.0.1:$uport/health"
 
