@@ -368,11 +368,17 @@ void tpo_top_print_json(FILE *f, const struct tpo_top_snap *s)
 		for (uint32_t l = 0; l < s->nlanes; l++) {
 			const struct tpo_top_unit *u = &s->unit[st][l];
 
-			fprintf(f, "%s{\"stage\":\"%s\",\"lane\":%u,\"pid\":%d,\"state\":\"%s\","
+			/* "pid":null where no process runs (rag "off", between restarts) */
+			fprintf(f, "%s{\"stage\":\"%s\",\"lane\":%u,\"pid\":",
+				st || l ? "," : "", tpo_stats_stage_name((int)st), l);
+			if (u->ok && u->p.pid > 0)
+				fprintf(f, "%d", (int)u->p.pid);
+			else
+				fputs("null", f);
+			fprintf(f, ",\"state\":\"%s\","
 				"\"stale\":%s,\"restarts\":%u,\"queue_depth_bytes\":%llu,"
 				"\"queue_capacity_bytes\":%llu,\"in_flight\":%lld,",
-				st || l ? "," : "", tpo_stats_stage_name((int)st), l,
-				u->ok ? u->p.pid : 0, state_of(u), u->stale ? "true" : "false",
+				state_of(u), u->stale ? "true" : "false",
 				u->ok ? u->p.restarts : 0, (unsigned long long)u->q_depth,
 				(unsigned long long)u->q_cap, (long long)(u->ok ? u->p.in_flight : 0));
 			fprintf(f, "\"requests_in\":%llu,\"requests_out\":%llu,\"tokens\":%llu,"

@@ -894,8 +894,12 @@ int tpo_sup_status(const char *name)
 		for (uint32_t l = 0; l < info.nlanes; l++) {
 			if (tpo_stats_read_proc(&st, s, (int)l, &p) < 0)
 				continue;
-			printf("%-9s %4u %4d %8d %-10s %8u %10llu %10llu\n",
-			       tpo_stage_name(s), l, (int)info.lane_cpu[l], (int)p.pid,
+			char pid[16] = "-"; /* no process: rag "off", between restarts */
+
+			if (p.pid > 0)
+				snprintf(pid, sizeof(pid), "%d", (int)p.pid);
+			printf("%-9s %4u %4d %8s %-10s %8u %10llu %10llu\n",
+			       tpo_stage_name(s), l, (int)info.lane_cpu[l], pid,
 			       tpo_unit_state_name((int)p.state), p.restarts,
 			       (unsigned long long)p.req_in, (unsigned long long)p.req_out);
 		}

@@ -80,7 +80,8 @@ static void wait_ready_lane(int lane)
 		h_sleep_ms(10);
 }
 
-/* The `status` line of stage[lane]: its pid, state and restarts. */
+/* The `status` line of stage[lane]: its pid (0 for the "-" of a unit
+ * without a process), state and restarts. */
 static int status_of(const char *stage, int lane, char *state, unsigned *restarts)
 {
 	static char out[16384];
@@ -89,12 +90,16 @@ static int status_of(const char *stage, int lane, char *state, unsigned *restart
 	cr_assert_eq(h_sup(out, sizeof(out), "status", "--name", in.name, NULL, NULL, NULL), 0,
 		     "%s", out);
 	for (line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
-		char st[32];
+		char st[32], pid[16];
 		unsigned l;
-		int cpu, pid;
-		if (sscanf(line, "%31s %u %d %d %31s %u", st, &l, &cpu, &pid, state, restarts) == 6 &&
-		    !strcmp(st, stage) && (int)l == lane)
-			return pid;
+		int cpu;
+		if (sscanf(line, "%31s %u %d %15s %31s %u", st, &l, &cpu, pid, state, restarts) == 6 &&
+		    !strcmp(st, stage) && (int)l == lane) {
+			if (!strcmp(pid, "-"))
+				return 0;
+			cr_assert_gt(atoi(pid), 0, "pid column: %s", pid);
+			return atoi(pid);
+		}
 	}
 	cr_assert_fail("no status line for %s[%d]", stage, lane);
 	return -1;
@@ -646,6 +651,7 @@ Test(supervisor, crash_loop_opens_circuit)
 {
 	struct tpo_stats st;
 	struct tpo_proc_snapshot p;
+	struct h_conn held;
 	char sid0[32], sid1[32];
 	int kills = 0, status;
 	uint64_t end;
@@ -659,6 +665,17 @@ Test(supervisor, crash_loop_opens_circuit)
 	h_stats_attach(&in, &st);
 	session_for_lane(0, sid0, sizeof(sid0));
 	session_for_lane(1, sid1, sizeof(sid1));
+	/* A request held in lane 1's inference (silent, a minute to its
+	 * deadline): once the lane is out of service it is answered 503 at
+	 * once, not left to time out. */
+	{
+		char body[512], hdr[160];
+
+		h_chat_body(body, sizeof(body), "held [[tpo:stall]]", 0, NULL);
+		snprintf(hdr, sizeof(hdr), "X-Session-Id: %s\r\nX-Request-Timeout: 60s\r\n", sid1);
+		h_begin(&held, in.port, "POST", "/v1/chat/completions", hdr, body, strlen(body));
+		cr_assert_eq(h_wait_in_flight(&st, TPO_STAGE_INFER, 1, 1), 1, "never in inference");
+	}
 	/* Crash lane 1's rag until its circuit opens. */
 	for (;;) {
 		h_proc(&st, TPO_STAGE_RAG, 1, &p);
@@ -690,6 +707,11 @@ Test(supervisor, crash_loop_opens_circuit)
 		cr_assert_str_eq(state, "open");
 		cr_assert_eq(restarts, 2);
 	}
+	cr_assert_eq(h_read_head(&held), 0, "the held request was left to its deadline");
+	cr_assert_eq(held.status, 503, "held: status %d", held.status);
+	cr_assert_eq(h_read_body(&held), 0);
+	h_assert_oai_error(held.body, "out of service");
+	h_conn_free(&held);
 	/* Both sessions are served: lane 1's is routed around. */
 	cr_assert_eq(chat_lane(sid0, &status), 0);
 	cr_assert_eq(status, 200);

@@ -281,6 +281,8 @@ Test(top, json_is_one_valid_object_per_line)
 	int nt;
 
 	set_rings();
+	set_unit(TPO_STAGE_POST, 1, 777, TPO_UNIT_RUNNING, 0);
+	set_unit(TPO_STAGE_RAG, 0, 0, TPO_UNIT_OFF, 0);
 	tpo_stats_ep_claim(&st, 0, 0, "ep\n\"x\"", "http://h/");
 	cr_assert_eq(tpo_top_take(&st, NULL, a), 0);
 	f = open_memstream(&p, &n);
@@ -295,6 +297,9 @@ Test(top, json_is_one_valid_object_per_line)
 	cr_assert_eq(tok[0].type, JSMN_OBJECT);
 	cr_assert_eq(tok[0].end, (int)n - 1, "one object, nothing after it");
 	cr_assert_not_null(strstr(p, "\"stage\":\"rag\",\"lane\":1"));
+	/* a unit without a process has no pid, not pid 0 */
+	cr_assert_not_null(strstr(p, "\"stage\":\"rag\",\"lane\":0,\"pid\":null,\"state\":\"off\""));
+	cr_assert_not_null(strstr(p, "\"stage\":\"post\",\"lane\":1,\"pid\":777,"));
 	cr_assert_not_null(strstr(p, "\"queue_depth_bytes\":600,"));
 	cr_assert_not_null(strstr(p, "\"name\":\"ep\\u000a\\\"x\\\"\""));
 	free(p);
