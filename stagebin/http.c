@@ -1280,8 +1280,19 @@ static int conn_read(struct tpo_http_conn *c)
 			memmove(c->ibuf, c->ibuf + c->ioff, c->ilen);
 			c->ioff = 0;
 		}
-		if (c->ilen == IBUF_SIZE)
+		if (c->ilen == IBUF_SIZE) {
+			/* Full behind a request in progress: its EOF (or reset)
+			 * waits unread behind the bytes we cannot take, and the
+			 * edge that told of it will not come again. A peer that
+			 * has shut down while it waits has gone, as one whose
+			 * EOF we read (below): end it, so its request is
+			 * cancelled now rather than at its deadline. */
+			if (c->rdhup && c->phase == PH_ACTIVE) {
+				conn_release(c);
+				return -1;
+			}
 			return 0;
+		}
 		dst = c->ibuf + c->ilen;
 		room = IBUF_SIZE - c->ilen;
 	}

@@ -54,6 +54,7 @@ struct sreq {
 	uint8_t lane;
 	uint8_t corked_batch;        /* its connection is in corked[] */
 	uint8_t model_owned;         /* model is ours to free (not configured) */
+	uint8_t usage;               /* stream_options.include_usage: end with usage */
 	uint32_t last_seq;
 	uint64_t admitted_ns;
 	uint64_t deadline_ns;
@@ -104,9 +105,14 @@ static struct sreq *free_head;
  * BODY_FIRST bytes (128 KiB) at most, so an answer allocates only when it
  * outgrows its first buffer. */
 #define BODY_FIRST 4096u
+#define BODY_ROOM  (64u << 10)   /* a response's head and JSON around its text */
 #define BODY_POOL  32
 static char *body_pool[BODY_POOL];
 static int nbody_pool;
+/* The largest non-streamed answer text: its response must fit the HTTP
+ * layer's output bound (out_cap_bytes, less room for the head and the JSON
+ * around the text), or the client would get a 200 cut short. */
+static size_t body_max;
 static uint32_t nslots, hwm;
 
 static void slot_put(struct sreq *r)
@@ -332,6 +338,19 @@ static int lane_up(int lane)
 	return 1;
 }
 
+/* The first stage of lane past the front whose unit will not run again
+ * without a probe (circuit open) or at all (failed), or -1. Its requests
+ * would wait for their deadlines: the front ends them (on_tick). */
+static int lane_stage_out(int lane)
+{
+	for (int s = TPO_ST_STREAM + 1; s < TPO_ST_COUNT; s++) {
+		int u = tpo_stats_unit_state(&st.stats, s, lane);
+		if (u == TPO_UNIT_OPEN || u == TPO_UNIT_FAILED)
+			return s;
+	}
+	return -1;
+}
+
 /* The session's lane, or the next healthy one; -1 if none is up. */
 static int pick_lane(uint64_t h)
 {
@@ -373,13 +392,15 @@ static int parse_timeout(const char *v, uint64_t *ns)
 	char *e;
 	double d = strtod(v, &e);
 
-	if (e == v || d <= 0 || d > 86400000)
+	if (e == v || !(d > 0)) /* !(d > 0): NaN too */
 		return -EINVAL;
 	while (*e == ' ')
 		e++;
 	if (*e == 's' && e[1] == 0)
 		d *= 1000;
 	else if (*e && strcmp(e, "ms") != 0)
+		return -EINVAL;
+	if (!(d <= 86400000))   /* at most a day, in any unit; not inf */
 		return -EINVAL;
 	*ns = (uint64_t)(d * 1e6);
 	return 0;
@@ -443,7 +464,7 @@ static void admit(struct tpo_http_conn *c, struct tpo_http_req *req, int kind)
 	char err[256], hdr[256];
 	uint64_t now = tpo_now_ns(), timeout_ns, sh;
 	uint32_t stop_len = 0, len;
-	struct sreq *r;
+	struct sreq *r, *victim = NULL;
 	int lane;
 
 	tpo_stats_count_in(&st.stats, st.stage, st.lane, 1);
@@ -491,18 +512,6 @@ static void admit(struct tpo_http_conn *c, struct tpo_http_req *req, int kind)
 			   "Retry-After: 1\r\n");
 		return;
 	}
-	if (lane_load(lane) >= adm->max_inflight_per_lane) {
-		struct sreq *old = adm->policy == TPO_POLICY_DROP_OLDEST ? oldest_queued(lane) : NULL;
-		if (!old) {
-			snprintf(hdr, sizeof(hdr), "Retry-After: %u\r\n", adm->retry_after_s);
-			tpo_stats_count_shed_reject(&st.stats, st.stage, st.lane, 1);
-			send_error(c, 429, "too many requests in flight: try again later", hdr);
-			return;
-		}
-		tpo_stats_count_shed_drop_oldest(&st.stats, st.stage, st.lane, 1);
-		send_cancel(old, TPO_CANCEL_SHED);
-		req_fail(old, 503, "request shed under overload (drop_oldest)", "Retry-After: 1\r\n");
-	}
 	for (int i = 0; i < oai.nstop; i++)
 		stop_len += oai.stop_len[i] + 1;
 	if (oai.text_len + sizeof(*m) + stop_len > st.out[lane].max_len) {
@@ -511,6 +520,18 @@ static void admit(struct tpo_http_conn *c, struct tpo_http_req *req, int kind)
 			 "record limit of %u bytes", oai.text_len, st.out[lane].max_len);
 		send_error(c, 413, msg, NULL);
 		return;
+	}
+	/* drop_oldest picks its victim here but ends it only once the new
+	 * request is in the ring: a new request refused below (no slot, the
+	 * ring full) must not have cost a queued one its answer. */
+	if (lane_load(lane) >= adm->max_inflight_per_lane) {
+		victim = adm->policy == TPO_POLICY_DROP_OLDEST ? oldest_queued(lane) : NULL;
+		if (!victim) {
+			snprintf(hdr, sizeof(hdr), "Retry-After: %u\r\n", adm->retry_after_s);
+			tpo_stats_count_shed_reject(&st.stats, st.stage, st.lane, 1);
+			send_error(c, 429, "too many requests in flight: try again later", hdr);
+			return;
+		}
 	}
 	r = req_new();
 	if (!r) {
@@ -537,6 +558,7 @@ static void admit(struct tpo_http_conn *c, struct tpo_http_req *req, int kind)
 	r->state = R_QUEUED;
 	r->kind = (uint8_t)kind;
 	r->stream = oai.stream != 0;
+	r->usage = oai.include_usage != 0;
 	r->lane = (uint8_t)lane;
 	r->admitted_ns = now;
 	r->deadline_ns = now + timeout_ns;
@@ -581,6 +603,11 @@ static void admit(struct tpo_http_conn *c, struct tpo_http_req *req, int kind)
 	}
 	tpo_ring_commit(&st.out[lane]);
 	tpo_http_conn_set_user64(c, r->id);
+	if (victim) {
+		tpo_stats_count_shed_drop_oldest(&st.stats, st.stage, st.lane, 1);
+		send_cancel(victim, TPO_CANCEL_SHED);
+		req_fail(victim, 503, "request shed under overload (drop_oldest)", "Retry-After: 1\r\n");
+	}
 }
 
 /* ---- egress: records from post_i ---- */
@@ -655,6 +682,15 @@ static void on_token(struct sreq *r, struct tpo_http_conn *c, const struct tpo_r
 		return;              /* redelivered: already sent */
 	r->last_seq = rec->seq;
 	if (!r->stream) {
+		if (r->body_len + rec->len > body_max) {
+			char msg[160];
+
+			send_cancel(r, TPO_CANCEL_CLIENT);
+			snprintf(msg, sizeof(msg), "the answer exceeds the %zu bytes a non-streamed "
+				 "response may carry: ask for it with \"stream\": true", body_max);
+			req_fail(r, 500, msg, NULL);
+			return;
+		}
 		if (grow_body(r, rec->len) < 0) {
 			/* Never answer 200 with tokens missing. */
 			send_cancel(r, TPO_CANCEL_CLIENT);
@@ -718,7 +754,7 @@ static void on_end(struct sreq *r, struct tpo_http_conn *c, const struct tpo_rec
 		if (r->state != R_STREAMING)
 			start_streaming(r, c);
 		n = tpo_oai_final_chunk(out, sizeof(out), r->kind, r->oid, r->created, r->model,
-					finish, pt, ct, 1);
+					finish, pt, ct, r->usage);
 		if (n > 0)
 			tpo_http_stream_write(c, out, (size_t)n);
 		tpo_http_stream_write(c, TPO_OAI_DONE, TPO_OAI_DONE_LEN);
@@ -740,10 +776,11 @@ static void on_end(struct sreq *r, struct tpo_http_conn *c, const struct tpo_rec
 							  r->body_len, finish, pt, ct);
 		}
 		req_headers(hdr, sizeof(hdr), r, NULL);
-		if (n > 0)
+		if (n > 0 && (size_t)n <= body_max + BODY_ROOM)
 			tpo_http_respond(c, 200, "application/json", hdr, buf, (size_t)n);
-		else
-			tpo_http_error_ex(c, 500, "response too large to encode", hdr);
+		else /* escaping grew it past the bound, or no memory */
+			tpo_http_error_ex(c, 500, "response too large to encode: ask for it "
+					  "with \"stream\": true", hdr);
 		free(big);
 	}
 	count_status(200);
@@ -954,6 +991,19 @@ static void on_tick(void)
 
 	for (int l = 0; l < st.nlanes; l++) {
 		struct sreq *r = lane_list[l].next;
+		int out = r != &lane_list[l] ? lane_stage_out(l) : -1;
+
+		if (out >= 0) {
+			char msg[128];
+
+			snprintf(msg, sizeof(msg), "pipeline lane %d is out of service (its %s "
+				 "stage keeps failing): try again", l, tpo_stage_name(out));
+			while ((r = lane_list[l].next) != &lane_list[l]) {
+				send_cancel(r, TPO_CANCEL_SHED);
+				req_fail(r, 503, msg, "Retry-After: 1\r\n");
+			}
+			continue;
+		}
 		while (r != &lane_list[l]) {
 			struct sreq *nx = r->next;
 			if (now >= r->deadline_ns) {
@@ -1029,6 +1079,7 @@ static int setup(void)
 	epoll_ctl(epfd, EPOLL_CTL_ADD, st.bell, &ev);
 
 	tpo_http_config_default(&hc);
+	body_max = hc.out_cap_bytes - 2 * BODY_ROOM;
 	hc.max_conns = adm->max_connections;
 	hc.max_headers = adm->max_headers;
 	hc.max_header_bytes = adm->max_header_bytes;

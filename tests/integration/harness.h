@@ -1062,13 +1062,16 @@ H_FN void h_cleanup(void)
 
 /* ---- requests ------------------------------------------------------------ */
 
-/* A chat body with one user message (content must need no escaping). */
+/* A chat body with one user message (content must need no escaping); a
+ * streamed one asks for the usage chunk, which h_read_stream requires. */
 H_FN void h_chat_body(char *buf, size_t cap, const char *content, int stream,
 		      const char *more)
 {
 	snprintf(buf, cap, "{\"model\":\"tpo-mock\",\"stream\":%s,\"messages\":"
-		 "[{\"role\":\"user\",\"content\":\"%s\"}]%s%s}",
-		 stream ? "true" : "false", content, more ? "," : "", more ? more : "");
+		 "[{\"role\":\"user\",\"content\":\"%s\"}]%s%s%s}",
+		 stream ? "true" : "false", content,
+		 stream ? ",\"stream_options\":{\"include_usage\":true}" : "",
+		 more ? "," : "", more ? more : "");
 }
 
 /* X-Tpo-Lane of a response, or -1. */

@@ -96,7 +96,13 @@ Test(front, completions_streaming_and_not)
 	char text[8192], stext[8192], fin[32], obj[64];
 	int64_t usage;
 	const char *body = "{\"model\":\"tpo-mock\",\"prompt\":\"once upon [[tpo:tokens=5]]\"}";
-	const char *sbody = "{\"model\":\"tpo-mock\",\"prompt\":\"once upon [[tpo:tokens=5]]\",\"stream\":true}";
+	const char *sbody = "{\"model\":\"tpo-mock\",\"prompt\":\"once upon [[tpo:tokens=5]]\",\"stream\":true,"
+			    "\"stream_options\":{\"include_usage\":true}}";
+	/* Without stream_options.include_usage: no usage chunk (OpenAI's
+	 * behaviour; clients read choices[0] of every chunk). */
+	const char *nbody = "{\"model\":\"tpo-mock\",\"prompt\":\"once upon [[tpo:tokens=5]]\",\"stream\":true}";
+	char ev[8192];
+	int events = 0, done = 0, r;
 
 	h_start(&in, "compl", FAST_CFG);
 	h_http(&c, in.port, "POST", "/v1/completions", NULL, body);
@@ -118,6 +124,26 @@ Test(front, completions_streaming_and_not)
 	cr_assert_str_eq(fin, "stop");
 	cr_assert_str_eq(stext, text);
 	h_conn_free(&c);
+
+	h_open(&c, in.port, "POST", "/v1/completions", NULL, nbody, strlen(nbody));
+	cr_assert_eq(c.status, 200);
+	while ((r = h_sse_next(&c, ev, sizeof(ev))) == 1) {
+		cr_assert_not(done, "event after [DONE]: %s", ev);
+		if (!strcmp(ev, "[DONE]")) {
+			done = 1;
+			continue;
+		}
+		cr_assert_eq(h_json_parse(&j, ev), 0, "%s", ev);
+		cr_assert_eq(h_json_size(&j, "choices"), 1, "a chunk without its choice: %s", ev);
+		cr_assert(h_json_at(&j, "usage") < 0 || h_json_null(&j, "usage"),
+			  "usage nobody asked for: %s", ev);
+		h_json_free(&j);
+		events++;
+	}
+	cr_assert_eq(r, 0);
+	cr_assert(done);
+	cr_assert_eq(events, 6, "5 tokens and the finish chunk, got %d events", events);
+	h_conn_free(&c);
 	h_stop(&in);
 }
 
@@ -133,8 +159,10 @@ Test(front, concurrent_streams_200)
 	/* Every request is sent before any response is read: all 200 are in
 	 * flight in the pipeline together. */
 	for (int i = 0; i < N; i++) {
-		snprintf(body, sizeof(body), "{\"model\":\"tpo-mock\",\"stream\":true,\"messages\":"
-			 "[{\"role\":\"user\",\"content\":\"request %d [[tpo:tokens=%d]]\"}]}", i, TOK);
+		char content[64];
+
+		snprintf(content, sizeof(content), "request %d [[tpo:tokens=%d]]", i, TOK);
+		h_chat_body(body, sizeof(body), content, 1, NULL);
 		memset(&cs[i], 0, sizeof(cs[i]));
 		cs[i].fd = h_connect(in.port);
 		{
@@ -371,6 +399,45 @@ Test(front, shed_drop_oldest)
 }
 
 /*
+ * drop_oldest ends the oldest queued request only for a new one that is
+ * admitted: C, too large for the lane's records, gets its 413 and B, queued
+ * behind A, is not shed for it.
+ */
+Test(front, drop_oldest_sheds_nothing_for_a_refused_request)
+{
+	struct h_conn a, b, c;
+	struct tpo_stats st;
+	struct tpo_proc_snapshot p;
+	static char big[100 * 1024], body[120 * 1024];
+	char sb[512];
+
+	h_start(&in, "dropref",
+		"{\"lanes\": 1, \"admission\": {\"max_inflight_per_lane\": 2, "
+		"\"policy\": \"drop_oldest\"}, \"stages\": {\"infer\": {\"max_inflight\": 1}}}");
+	h_stats_attach(&in, &st);
+	slow_stream(&a, "A [[tpo:tps=10]] [[tpo:tokens=20]]");
+	h_chat_body(sb, sizeof(sb), "B [[tpo:tokens=2]]", 0, NULL);
+	h_begin(&b, in.port, "POST", "/v1/chat/completions", NULL, sb, strlen(sb));
+	cr_assert_eq(h_wait_in_flight(&st, TPO_STAGE_STREAM, 0, 2), 2, "B was not admitted");
+	memset(big, 'x', sizeof(big) - 1);
+	h_chat_body(body, sizeof(body), big, 0, NULL);
+	h_http(&c, in.port, "POST", "/v1/chat/completions", NULL, body);
+	cr_assert_eq(c.status, 413, "C: status %d", c.status);
+	h_conn_free(&c);
+	h_proc(&st, TPO_STAGE_STREAM, 0, &p);
+	cr_assert_eq(p.shed_drop_oldest, 0, "B was shed for a request that was refused");
+	cr_assert_eq(p.in_flight, 2);
+	h_conn_free(&a);                /* A leaves: B gets the slot and its answer */
+	cr_assert_eq(h_read_head(&b), 0);
+	cr_assert_eq(b.status, 200, "B: status %d", b.status);
+	cr_assert_eq(h_read_body(&b), 0);
+	cr_assert(strstr(b.body, "\"completion_tokens\":2"), "%s", b.body);
+	h_conn_free(&b);
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
+
+/*
  * A request in inference that has not said a word yet (tpo-infer publishes
  * its BEGIN without waking post, and pays that wake-up within 1 ms) must
  * still reach the front as "in inference": drop_oldest sheds the queued one.
@@ -430,10 +497,21 @@ Test(front, deadline_before_and_during_streaming)
 	h_assert_oai_error(c.body, NULL);
 	h_conn_free(&c);
 
-	/* Bad header value: 400. */
-	h_http(&c, in.port, "POST", "/v1/chat/completions", "X-Request-Timeout: soon\r\n", body);
-	cr_assert_eq(c.status, 400);
-	h_conn_free(&c);
+	/* Bad header values: 400. Not a number, NaN (it passed every range
+	 * check and meant no deadline), infinity, or over a day in seconds. */
+	{
+		static const char *badv[] = { "soon", "nan", "NaN", "inf", "86400000s", "1e300",
+					      "-5", "0", "5 h" };
+		char hv[64];
+
+		for (size_t i = 0; i < sizeof(badv) / sizeof(badv[0]); i++) {
+			snprintf(hv, sizeof(hv), "X-Request-Timeout: %s\r\n", badv[i]);
+			h_http(&c, in.port, "POST", "/v1/chat/completions", hv, body);
+			cr_assert_eq(c.status, 400, "X-Request-Timeout: %s gave %d", badv[i], c.status);
+			h_assert_oai_error(c.body, "X-Request-Timeout");
+			h_conn_free(&c);
+		}
+	}
 
 	h_chat_body(body, sizeof(body), "slow [[tpo:tps=20]] [[tpo:tokens=200]]", 1, NULL);
 	h_open(&c, in.port, "POST", "/v1/chat/completions", "X-Request-Timeout: 1s\r\n",
@@ -536,6 +614,45 @@ Test(front, client_disconnect_cancels_inference)
 	}
 	h_conn_free(&c);
 	cr_assert_eq(h_wait_in_flight(&st, TPO_STAGE_INFER, lane, 0), 0, "infer still runs the abandoned request");
+	h_proc(&st, TPO_STAGE_STREAM, 0, &p);
+	cr_assert_eq(p.in_flight, 0);
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
+
+/*
+ * A client whose request waits (a silent inference) with 16 KiB or more of
+ * a next, pipelined request behind it fills the connection's input buffer;
+ * the front then reads no more, and its EOF waits behind those bytes. Its
+ * close must still cancel the request (not hold the lane until the
+ * deadline, a minute here).
+ */
+Test(front, disconnect_behind_a_full_input_buffer_cancels)
+{
+	struct tpo_stats st;
+	struct tpo_proc_snapshot p;
+	static char req[64 * 1024], next[20000];
+	char body[512];
+	int fd, n;
+
+	h_start(&in, "discfull", "{\"lanes\": 1}");
+	h_stats_attach(&in, &st);
+	h_chat_body(body, sizeof(body), "A [[tpo:stall]]", 0, NULL);
+	memset(next, 'y', sizeof(next));
+	n = snprintf(req, sizeof(req), "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+		     "Content-Type: application/json\r\nX-Request-Timeout: 60s\r\n"
+		     "Content-Length: %zu\r\n\r\n%s"
+		     "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+		     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+		     strlen(body), body, sizeof(next));
+	memcpy(req + n, next, sizeof(next));
+	n += (int)sizeof(next);
+	fd = h_connect(in.port);
+	cr_assert_eq(h_send_all(fd, req, (size_t)n), 0);
+	cr_assert_eq(h_wait_in_flight(&st, TPO_STAGE_INFER, 0, 1), 1, "A never reached infer");
+	close(fd);                      /* a plain FIN */
+	cr_assert_eq(h_wait_in_flight(&st, TPO_STAGE_INFER, 0, 0), 0,
+		     "infer still runs the abandoned request");
 	h_proc(&st, TPO_STAGE_STREAM, 0, &p);
 	cr_assert_eq(p.in_flight, 0);
 	tpo_stats_close(&st);
@@ -935,6 +1052,33 @@ Test(front, large_non_streaming_response)
 	cr_assert_str_eq(fin, "stop");
 	h_json_free(&j);
 	h_conn_free(&c);
+	h_stop(&in);
+}
+
+/*
+ * A non-streamed answer larger than a response may carry (the HTTP layer's
+ * 4 MiB output bound) is a clean 500 saying to stream, not a 200 cut short;
+ * its inference is cancelled and the front serves the next request.
+ */
+Test(front, non_streamed_answer_over_the_bound_is_an_error)
+{
+	struct h_conn c;
+	struct tpo_stats st;
+
+	h_start(&in, "huge",
+		"{\"lanes\": 1, \"stages\": {\"infer\": {\"mock\": {\"tokens_per_second\": 0}},"
+		" \"post\": {\"max_tokens\": 1000000}}}");
+	h_stats_attach(&in, &st);
+	/* 10^6 mock tokens, ~5.5 bytes each on average: over 5 MiB of text. */
+	chat(&c, "a huge answer [[tpo:tokens=1000000]]", 0, NULL, NULL);
+	cr_assert_eq(c.status, 500, "status %d (%zu bytes)", c.status, c.body_len);
+	h_assert_oai_error(c.body, "stream");
+	h_conn_free(&c);
+	cr_assert_eq(h_wait_in_flight(&st, TPO_STAGE_INFER, 0, 0), 0, "the answer still runs");
+	chat(&c, "small [[tpo:tokens=3]]", 0, NULL, NULL);
+	cr_assert_eq(c.status, 200);
+	h_conn_free(&c);
+	tpo_stats_close(&st);
 	h_stop(&in);
 }
 

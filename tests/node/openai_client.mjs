@@ -38,9 +38,15 @@ assert.equal(usage?.completion_tokens, 12);
 const comp = await client.completions.create({ model: "tpo-mock", prompt: "Say hi", max_tokens: 5 });
 assert.equal(comp.object, "text_completion");
 assert.ok(comp.choices[0].text.length > 0);
+// Without stream_options.include_usage no usage chunk comes: every chunk has
+// a choice, as clients that read choices[0] of each chunk expect.
 const cs = await client.completions.create({ model: "tpo-mock", prompt: "Say hi", max_tokens: 5, stream: true });
 let ctext = "";
-for await (const chunk of cs) ctext += chunk.choices[0]?.text ?? "";
+for await (const chunk of cs) {
+  assert.equal(chunk.choices.length, 1, `a chunk without a choice: ${JSON.stringify(chunk)}`);
+  assert.ok(!chunk.usage, "usage chunk nobody asked for");
+  ctext += chunk.choices[0].text;
+}
 assert.equal(ctext, comp.choices[0].text);
 
 // Models, and a clean error for a bad request.
