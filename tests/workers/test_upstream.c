@@ -348,7 +348,8 @@ Test(upstream, openai_completions_golden_length)
 {
 	struct h_conn c;
 	char text[4096], finish[32];
-	const char *body = "{\"model\":\"m\",\"stream\":true,\"prompt\":"
+	const char *body = "{\"model\":\"m\",\"stream\":true,"
+			   "\"stream_options\":{\"include_usage\":true},\"prompt\":"
 			   "\"[[srv:golden=openai_completion.sse]] [[srv:chunk=2]]\"}";
 	int64_t usage;
 
