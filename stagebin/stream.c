@@ -584,7 +584,14 @@ static void admit(struct tpo_http_conn *c, struct tpo_http_req *req, int kind)
 	memset(m, 0, sizeof(*m));
 	m->flags = (oai.stream ? TPO_REQF_STREAM : 0) | (kind == TPO_OAI_CHAT ? TPO_REQF_CHAT : 0) |
 		   (oai.include_usage ? TPO_REQF_INCLUDE_USAGE : 0);
-	m->max_tokens = oai.max_tokens;
+	/* The limit every stage and the model get: the request's, at most
+	 * post's cap (with none asked for, the cap): a model answering whole
+	 * (not streamed) is one record to post, which cannot count it. */
+	{
+		uint32_t cap = st.cfg.stages.post.max_tokens;
+
+		m->max_tokens = oai.max_tokens && oai.max_tokens < cap ? oai.max_tokens : cap;
+	}
 	m->deadline_ns = r->deadline_ns;
 	m->session_hash = sh;
 	m->seed = oai.has_seed ? (uint64_t)oai.seed : 0;

@@ -88,8 +88,9 @@ void oa_keys(const char *js, const jsmntok_t *t, int nt, int obj, const struct o
 	}
 }
 
-/* One chunk or answer object: tokens, finish reason, errors. */
-static int oa_object(struct tpo_up_call *c, const char *js, size_t len)
+/* One chunk or answer object (whole: a non-streamed answer, which must
+ * carry "choices"): tokens, finish reason, errors. */
+static int oa_object(struct tpo_up_call *c, const char *js, size_t len, int whole)
 {
 	static const struct oa_key top[] = { OA_KEY("error"), OA_KEY("choices"), OA_KEY("usage") };
 	static const struct oa_key choice[] = { OA_KEY("delta"), OA_KEY("text"), OA_KEY("message"),
@@ -110,12 +111,23 @@ static int oa_object(struct tpo_up_call *c, const char *js, size_t len)
 	if (t[0].type != JSMN_OBJECT)
 		return tpo_up_error(c, 0, "the model server sent JSON that is not an object");
 	oa_keys(js, t, nt, 0, top, 3, tv);
-	if (tv[0] >= 0) {
+	if (tv[0] >= 0 && !(t[tv[0]].type == JSMN_PRIMITIVE && js[t[tv[0]].start] == 'n')) {
 		n = tpo_up_json_str(c, js, t, nt, "error.message", &s);
 		if (n < 0)
 			n = tpo_up_json_str(c, js, t, nt, "error", &s);
 		return tpo_up_error(c, 0, "model server error: %.*s", n > 0 ? n : 7,
 				    n > 0 ? s : "unknown");
+	}
+	if (whole && (tv[1] < 0 || t[tv[1]].type != JSMN_ARRAY)) {
+		/* A 200 that is no completion ({"object":"error","message":..},
+		 * {"detail":..}, {}): an error, never an empty answer. */
+		n = tpo_up_json_str(c, js, t, nt, "message", &s);
+		if (n <= 0)
+			n = tpo_up_json_str(c, js, t, nt, "detail", &s);
+		if (n > 0)
+			return tpo_up_error(c, 0, "the model server's answer has no choices: %.*s",
+					    n, s);
+		return tpo_up_error(c, 0, "the model server's answer has no choices");
 	}
 	/* choices[0]: delta.content (chat chunk), text (completion), then
 	 * message.content (whole chat answer), the first non-empty one. */
@@ -163,12 +175,12 @@ static int oa_event(struct tpo_up_call *c, const char *name, const char *data, s
 		tpo_up_end(c, -1);
 		return 0;
 	}
-	return oa_object(c, data, len);
+	return oa_object(c, data, len, 0);
 }
 
 static int oa_body(struct tpo_up_call *c, const char *data, size_t len)
 {
-	int err = oa_object(c, data, len);
+	int err = oa_object(c, data, len, 1);
 
 	if (!err)
 		tpo_up_end(c, -1);

@@ -24,12 +24,14 @@
 	"  \"timeouts\": {\"connect_ms\": 1000, \"first_token_ms\": %d, \"idle_ms\": %d," \
 	"                \"total_ms\": 20000}," \
 	"  \"retries\": {\"max_attempts\": 2, \"base_ms\": 1, \"cap_ms\": 5}," \
-	"  \"breaker\": {\"failures\": %d, \"open_ms\": %d}}}}"
+	"  \"breaker\": {\"failures\": %d, \"open_ms\": %d}}%s}}"
 
 static struct h_inst in;
 /* first_token_ms and idle_ms; a test whose point is not a timeout raises
  * them, so a loaded machine cannot turn its cancel into a timeout. */
 static int tmo_ms = 1500;
+/* More of "stages" after infer (", \"post\": {..}"), for one test. */
+static const char *stages_more = "";
 /* breaker.open_ms; a test of the half-open state shortens it so that it
  * need not wait long for the interval to pass. */
 static int open_ms = 60000;
@@ -82,7 +84,7 @@ static void start_url(const char *tag, const char *worker, const char *url_tail,
 
 	srv_start();
 	snprintf(cfg, sizeof(cfg), CFG, worker, srv_port, url_tail, ep_more ? ep_more : "",
-		 tmo_ms, tmo_ms, failures, open_ms);
+		 tmo_ms, tmo_ms, failures, open_ms, stages_more);
 	h_start_ex(&in, tag, cfg, env, 1);
 	h_register(&in);
 }
@@ -360,6 +362,56 @@ Test(upstream, openai_completions_golden_length)
 	cr_assert_str_eq(text, "Once upon a time");
 	cr_assert_str_eq(finish, "length");
 	h_conn_free(&c);
+	h_stop(&in);
+}
+
+/* A 200 whose body is no completion (vLLM's {"object":"error"}, a
+ * framework's {"detail":..}, {}) is an error naming what it said, never an
+ * empty answer; a completion with "error": null is a completion. */
+Test(upstream, openai_200_without_a_completion)
+{
+	char out[8192];
+
+	start("nc", "openai", NULL, 100, NULL);
+	cr_assert_eq(chat_once("[[srv:json=openai_error_object.json]]", out, sizeof(out)), 502,
+		     "%s", out);
+	h_assert_oai_error(out, "still loading");
+	cr_assert_eq(chat_once("[[srv:json=openai_detail.json]]", out, sizeof(out)), 502, "%s", out);
+	h_assert_oai_error(out, "Not Found");
+	cr_assert_eq(chat_once("[[srv:json=openai_empty_object.json]]", out, sizeof(out)), 502,
+		     "%s", out);
+	h_assert_oai_error(out, "no choices");
+	cr_assert_eq(chat_once("[[srv:json=openai_error_null.json]]", out, sizeof(out)), 200,
+		     "%s", out);
+	cr_assert(strstr(out, "\"content\":\"fine\""), "%s", out);
+	h_stop(&in);
+}
+
+/* post's max_tokens caps what the model is asked for: a model that answers
+ * whole is one record to post, which cannot count its tokens. */
+Test(upstream, post_cap_reaches_the_model)
+{
+	char out[8192], body[1024];
+	struct h_conn c;
+
+	stages_more = ", \"post\": {\"max_tokens\": 2}";
+	start("pc", "openai", NULL, 100, NULL);
+	stages_more = "";
+	cr_assert_eq(chat_once("plain", out, sizeof(out)), 200, "%s", out);
+	srv_last(out, sizeof(out));
+	cr_assert(strstr(out, "\"max_tokens\":2"), "no cap sent: %s", out);
+	h_chat_body(body, sizeof(body), "plain", 0, "\"max_tokens\":1");
+	h_http(&c, in.port, "POST", "/v1/chat/completions", NULL, body);
+	cr_assert_eq(c.status, 200);
+	h_conn_free(&c);
+	srv_last(out, sizeof(out));
+	cr_assert(strstr(out, "\"max_tokens\":1"), "the smaller ask not sent: %s", out);
+	h_chat_body(body, sizeof(body), "plain", 0, "\"max_tokens\":50");
+	h_http(&c, in.port, "POST", "/v1/chat/completions", NULL, body);
+	cr_assert_eq(c.status, 200);
+	h_conn_free(&c);
+	srv_last(out, sizeof(out));
+	cr_assert(strstr(out, "\"max_tokens\":2"), "over the cap sent: %s", out);
 	h_stop(&in);
 }
 
@@ -895,7 +947,7 @@ Test(upstream, both_clients_in_one_process)
 	srv_start();
 	snprintf(more, sizeof(more), "}, {\"url\": \"http://localhost:%d\"", srv_port);
 	snprintf(cfg, sizeof(cfg), CFG, "openai", srv_port, "", more, tmo_ms, tmo_ms, 100,
-		 open_ms);
+		 open_ms, "");
 	h_start_ex(&in, "mix", cfg, NULL, 1);
 	h_register(&in);
 	h_stats_attach(&in, &st);
@@ -979,7 +1031,7 @@ Test(upstream, proxy_variable_still_routes_through_the_proxy)
 	dead_port = h_free_port();
 	snprintf(env, sizeof(env), "http_proxy=http://127.0.0.1:%d", srv_port);
 	snprintf(cfg, sizeof(cfg), CFG, "openai", dead_port, "", "", tmo_ms, tmo_ms, 100,
-		 open_ms);
+		 open_ms, "");
 	h_start_ex(&in, "prx", cfg, env, 1);
 	h_register(&in);
 	cr_assert_eq(chat_once("through the proxy", out, sizeof(out)), 200, "%s", out);
