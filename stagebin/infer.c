@@ -14,10 +14,15 @@
  *           crash can over-count, never under-count, what reached the client)
  *
  * A replacement process re-reads those records: ended ones are skipped;
- * started ones count one more attempt (tpo_rec.attempt) and are retried if
- * they had forwarded no token, ended with one error if they had (a token
- * cannot be taken back), and quarantined once they were in flight in
- * restart.quarantine_after crashes.
+ * started ones are retried if they had forwarded no token, ended with one
+ * error if they had (a token cannot be taken back), and quarantined once
+ * they were charged with restart.quarantine_after crashes (tpo_rec.attempt).
+ * Which were charged says the ring's busy word (blame): 1 + the position of
+ * the job whose worker call was running when the process died (that one
+ * alone: a request sharing a worker with a poison prompt is not quarantined
+ * with it), BLAME_ALL when it died elsewhere awake (every started job: the
+ * worker drives them together), 0 when it died asleep (killed from outside:
+ * none).
  *
  * The loop serves the input ring and the worker together: timer-driven
  * workers (mock, plugin) are polled when a job's wake_ns passes;
@@ -39,6 +44,7 @@
 #define J_DONE     (1u << 31)
 #define J_STARTED  (1u << 30)
 #define J_TOKENS   ((1u << 30) - 1)
+#define BLAME_ALL  UINT64_MAX
 
 struct job {
 	struct tpo_job w;            /* first: the worker sees this */
@@ -49,10 +55,20 @@ struct job {
 	uint32_t gen;                /* bumped at each take: fifo entries name it */
 	uint32_t act_idx;            /* its place in act[] while running */
 	uint64_t start_ns, first_ns;
+	uint64_t pos;                /* of its record in the input ring */
 	uint32_t prompt_tokens;
 };
 
 static struct tpo_stage st;
+/* What our predecessor's death is blamed on (see the top), read at start. */
+static uint64_t crash_blame;
+
+/* The ring's busy word: who a crash from here on would be blamed on. */
+static inline void blame(uint64_t who)
+{
+	atomic_store_explicit(&st.in[0].shm->busy, who, memory_order_relaxed);
+}
+
 static const struct tpo_worker_ops *ops;
 static void *worker;
 static struct job *jobs;
@@ -246,7 +262,8 @@ static int take_prompt(struct tpo_rec *rec, uint64_t pos)
 	}
 	if (jw & J_STARTED) {
 		/* It was in flight when our predecessor died. */
-		rec->attempt++;
+		if (crash_blame == BLAME_ALL || crash_blame == pos + 1)
+			rec->attempt++;
 		if (jw & J_TOKENS) {
 			char msg[160];
 			mark_done(rec);
@@ -278,6 +295,7 @@ static int take_prompt(struct tpo_rec *rec, uint64_t pos)
 	act[nact++] = (uint32_t)(j - jobs);
 	j->rec = rec;
 	j->origin = rec->aux;
+	j->pos = pos;
 	j->start_ns = tpo_now_ns();
 	j->prompt_tokens = m->prompt_tokens;
 	j->w.req_id = rec->req_id;
@@ -317,7 +335,9 @@ static int take_prompt(struct tpo_rec *rec, uint64_t pos)
 		memcpy(tpo_msg_req_stops(b), tpo_msg_req_stops(m), m->stop_len);
 		begins_unflushed++;
 	}
+	blame(pos + 1);
 	err = ops->start(worker, &j->w);
+	blame(BLAME_ALL);
 	if (err < 0 && j->active)
 		sink_fail(&j->w, 500, "the model worker could not start this request");
 	return 0;
@@ -458,8 +478,11 @@ static uint64_t run_jobs(uint64_t now)
 			sink_fail(&j->w, 504, "the request's deadline passed during inference");
 			continue;
 		}
-		if (j->w.wake_ns && j->w.wake_ns <= now)
+		if (j->w.wake_ns && j->w.wake_ns <= now) {
+			blame(j->pos + 1);
 			ops->poll(worker, &j->w, now);
+			blame(BLAME_ALL);
+		}
 		if (!j->active)
 			continue;
 		if (j->w.wake_ns && (!next || j->w.wake_ns < next))
@@ -480,16 +503,21 @@ static void sleep_some(int timeout)
 {
 	int take = active < njobs, edge;
 
+	blame(0);                          /* asleep: a death now is a kill */
 	if (!ops->wait) {
 		if (take)
 			tpo_stage_wait(&st, timeout);
 		else
 			tpo_ring_wait(NULL, 0, st.bell, 0, timeout);
+		blame(BLAME_ALL);
 		return;
 	}
-	if (take && tpo_ring_sleep_begin(st.inp, st.nin))
+	if (take && tpo_ring_sleep_begin(st.inp, st.nin)) {
+		blame(BLAME_ALL);
 		return;                    /* input arrived meanwhile */
+	}
 	edge = ops->wait(worker, take ? st.bell : -1, timeout) == 1;
+	blame(BLAME_ALL);
 	if (take) {
 		tpo_ring_sleep_end(st.inp, st.nin);
 		if (!edge)
@@ -511,6 +539,8 @@ int main(int argc, char **argv)
 		tpo_log(LOG_ERR, "fatal: %s", err);
 		return rc == -ENOMEM ? 111 : 78;
 	}
+	crash_blame = atomic_load_explicit(&st.in[0].shm->busy, memory_order_relaxed);
+	blame(BLAME_ALL);
 	njobs = st.cfg.stages.infer.max_inflight;
 	jobs = calloc(njobs, sizeof(*jobs));
 	act = calloc(njobs, sizeof(*act));

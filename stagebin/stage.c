@@ -128,6 +128,8 @@ static uint64_t auto_spin(const struct tpo_stage *st)
  */
 static void count_crashed_attempts(struct tpo_stage *st)
 {
+	if (st->stage == TPO_ST_INFER)
+		return;              /* tpo-infer blames its jobs itself */
 	for (int k = 0; k < st->nin; k++) {
 		struct tpo_ring *r = &st->in[k];
 		uint64_t busy = atomic_load_explicit(&r->shm->busy, memory_order_relaxed);

@@ -11,6 +11,7 @@
  *   [[tpo:crash_after=N]]  the infer process aborts after N tokens
  *   [[tpo:error=STATUS]]   end with that HTTP status before the first token
  *   [[tpo:stall]]          never answer (until deadline or cancel)
+ *   [[tpo:delay_ms=N]]     the first token N ms after the request started
  *   [[tpo:utf8]]           tokens split multi-byte characters (tests post)
  */
 #include <errno.h>
@@ -36,6 +37,7 @@ struct mjob {
 	int      finish;
 	int      utf8;
 	uint64_t start_ns;
+	uint64_t delay_ns;        /* before the first token */
 };
 
 static const char *const vocab[] = {
@@ -125,6 +127,7 @@ static int mock_start(void *w, struct tpo_job *job)
 	j->crash_after = (int32_t)marker(job, "crash_after");
 	j->utf8 = marker(job, "utf8") >= 0;
 	j->start_ns = 0;
+	j->delay_ns = (v = marker(job, "delay_ms")) > 0 ? (uint64_t)v * 1000000ull : 0;
 	if ((v = marker(job, "error")) >= 100 && v <= 599) {
 		char msg[96];
 		snprintf(msg, sizeof(msg), "mock model: injected error %ld", v);
@@ -147,7 +150,11 @@ static void mock_poll(void *w, struct tpo_job *job, uint64_t now)
 
 	(void)w;
 	if (!j->start_ns)
-		j->start_ns = now;
+		j->start_ns = now + j->delay_ns;
+	if (now < j->start_ns) {
+		job->wake_ns = j->start_ns;
+		return;
+	}
 	if (j->tps) {
 		uint64_t el = now - j->start_ns;
 		due = (uint32_t)(el * j->tps / 1000000000ull) + 1;

@@ -132,6 +132,41 @@ Test(faults, crash_before_first_token_retried_then_quarantined)
 }
 
 /*
+ * A request in flight beside a poison prompt (still waiting for its first
+ * token at both crashes) is retried, not quarantined with it: a crash is
+ * charged to the request whose worker call was running.
+ */
+Test(faults, bystander_of_a_poison_prompt_is_not_quarantined)
+{
+	struct h_conn q, c;
+	struct tpo_stats st;
+	struct tpo_proc_snapshot p;
+	char body[512];
+
+	h_start(&in, "bystand", FAULT_CFG);
+	in.crashes_ok = 1;
+	h_stats_attach(&in, &st);
+	/* Q: its first token 400 ms after each (re)start: silent at both crashes. */
+	h_chat_body(body, sizeof(body), "bystander [[tpo:delay_ms=400]] [[tpo:tokens=3]]", 0, NULL);
+	h_begin(&q, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+	cr_assert_eq(h_wait_in_flight(&st, TPO_STAGE_INFER, 0, 1), 1, "Q never reached infer");
+	h_chat_body(body, sizeof(body), "poison [[tpo:crash_after=0]]", 0, NULL);
+	h_http(&c, in.port, "POST", "/v1/chat/completions", NULL, body);
+	cr_assert_eq(c.status, 500, "status %d: %s", c.status, c.body);
+	h_assert_oai_error(c.body, "quarantined");
+	h_conn_free(&c);
+	wait_infer_restarts(&st, 2, &p);
+	cr_assert_eq(p.restarts, 2);
+	cr_assert_eq(h_read_head(&q), 0);
+	cr_assert_eq(q.status, 200, "the bystander: %d", q.status);
+	cr_assert_eq(h_read_body(&q), 0);
+	cr_assert(strstr(q.body, "\"completion_tokens\":3"), "%s", q.body);
+	h_conn_free(&q);
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
+
+/*
  * At-least-once between stages: a stage that dies after committing a
  * record but before releasing its input makes its successor produce that
  * record again. Emulated exactly: assemble is frozen, the PROMPT it produced
