@@ -316,6 +316,26 @@ static int lost(struct tpo_stage *st, int k, const struct tpo_rec *rec)
 		"the post-processing stage restarted while this response was streaming");
 }
 
+/* A record of this request was quarantined (its ERROR follows): drop the
+ * request's later records, as for a lost one (no entry free: they come as
+ * lost ones then, each one more ERROR the front discards); its last record
+ * (END, ERROR) forgets it. */
+static void quarantined(struct tpo_stage *st, const struct tpo_rec *rec)
+{
+	int more = rec->type == TPO_MSG_BEGIN || rec->type == TPO_MSG_TOKEN;
+	struct req *r = lookup(rec->req_id, more);
+
+	(void)st;
+	if (!r)
+		return;
+	if (more) {
+		r->origin = rec->aux;
+		r->done = 1;
+	} else {
+		forget(r);
+	}
+}
+
 /* BEGIN goes on with infer's stamp, when inference began: where the front's
  * queue wait ends, however long the record then waited for us. */
 static int forward_begin(struct tpo_stage *st, int k, const struct tpo_rec *rec)
@@ -429,6 +449,7 @@ int main(int argc, char **argv)
 		return rc;
 	if (table_init(st.cfg.admission.max_inflight_per_lane) < 0)
 		return 111;
+	st.on_quarantine = quarantined;
 	rc = tpo_stage_run(&st, on_record);
 	tpo_stage_fini(&st);
 	return rc;

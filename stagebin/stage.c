@@ -364,6 +364,8 @@ int tpo_stage_run(struct tpo_stage *st, tpo_stage_fn *fn)
 				    rec->type != TPO_MSG_CANCEL) {
 					tpo_log(LOG_ERR, "request %016llx quarantined: in flight in %u crashes",
 						(unsigned long long)rec->req_id, rec->attempt);
+					if (st->on_quarantine)
+						st->on_quarantine(st, rec);
 					err = tpo_stage_emit_error(st, tpo_stage_out_for(st, rec->aux), rec->req_id, rec->aux, 500,
 						"request quarantined: it was in flight when this "
 						"pipeline stage crashed repeatedly");

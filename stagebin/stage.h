@@ -47,6 +47,10 @@ struct tpo_stage {
 	uint64_t last_tick_ns;
 	uint64_t now_ns;               /* clock of the record in hand, 0: read it */
 	uint64_t quarantine_after;
+	/* Called (if set) when tpo_stage_run quarantines rec, before the
+	 * request's ERROR goes out: a stage that keeps per-request state marks
+	 * the request ended, so none of its later records follow the ERROR. */
+	void (*on_quarantine)(struct tpo_stage *st, const struct tpo_rec *rec);
 	uint32_t out_scratch_cap;
 	uint8_t *out_scratch;          /* max_len bytes, for building payloads */
 };

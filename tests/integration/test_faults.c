@@ -300,6 +300,126 @@ Test(faults, killed_front_stops_its_inference)
 }
 
 /*
+ * A record that a stage was processing when it died, twice
+ * (restart.quarantine_after), is not handed to its replacement a third time:
+ * its request ends with one 500 and the lane goes on. The first death is
+ * written into the ring (the record's attempt count), the second is real:
+ * assemble killed with its busy word naming the record.
+ */
+Test(faults, record_that_kills_a_stage_twice_is_quarantined)
+{
+	struct tpo_stats st;
+	struct tpo_proc_snapshot p0, p;
+	struct tpo_ringset rs;
+	struct tpo_ring_shm *shm;
+	struct tpo_rec *rec;
+	struct h_conn c;
+	char body[512];
+	uint64_t tail, pos, end;
+
+	h_start(&in, "quarst", FAULT_CFG);
+	in.crashes_ok = 1;
+	h_stats_attach(&in, &st);
+	h_proc(&st, TPO_STAGE_ASSEMBLE, 0, &p0);
+	cr_assert_eq(kill(p0.pid, SIGSTOP), 0);
+	h_chat_body(body, sizeof(body), "a record that kills", 0, NULL);
+	h_begin(&c, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+	cr_assert_eq(tpo_ringset_attach(&rs, in.name), 0);
+	shm = tpo_ringset_find(&rs, TPO_ST_STREAM, 0, TPO_ST_ASSEMBLE, 0);
+	cr_assert_not_null(shm);
+	end = h_now_ms() + H_HANG_MS;
+	tail = atomic_load(&shm->tail);
+	while (atomic_load(&shm->head) == tail && h_now_ms() < end)
+		h_sleep_ms(2);
+	cr_assert_neq(atomic_load(&shm->head), tail, "no REQ reached assemble's ring");
+	pos = tail;
+	rec = (struct tpo_rec *)((uint8_t *)shm + TPO_RING_HDR_SIZE + (pos & (shm->capacity - 1)));
+	if (rec->type == TPO_REC_PAD) {
+		pos = (pos | (shm->capacity - 1)) + 1;
+		rec = (struct tpo_rec *)((uint8_t *)shm + TPO_RING_HDR_SIZE);
+	}
+	cr_assert_eq(rec->type, TPO_MSG_REQ);
+	rec->attempt = 1;                               /* one death already */
+	atomic_store(&shm->busy, pos + 1);              /* in hand at the next */
+	cr_assert_eq(kill(p0.pid, SIGKILL), 0);
+	tpo_ringset_close(&rs);
+
+	cr_assert_eq(h_read_head(&c), 0);
+	cr_assert_eq(c.status, 500, "status %d", c.status);
+	cr_assert_eq(h_read_body(&c), 0);
+	h_assert_oai_error(c.body, "quarantined");
+	h_conn_free(&c);
+	h_proc(&st, TPO_STAGE_ASSEMBLE, 0, &p);
+	cr_assert_neq(p.pid, p0.pid, "assemble was not restarted");
+	still_serves();
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
+
+/*
+ * The same in post, which keeps per-request state: its BEGIN quarantined,
+ * the request's TOKENs and END that follow are dropped, not each taken for
+ * a request post never saw begin (one more error apiece, after the ERROR).
+ */
+Test(faults, quarantined_begin_in_post_drops_the_rest)
+{
+	struct tpo_stats st;
+	struct tpo_proc_snapshot p0, p;
+	struct tpo_ringset rs;
+	struct tpo_ring_shm *shm;
+	struct tpo_rec *rec;
+	struct h_conn c;
+	char body[512];
+	uint64_t tail, pos, end;
+
+	h_start(&in, "quarpost", FAULT_CFG);
+	in.crashes_ok = 1;
+	h_stats_attach(&in, &st);
+	h_proc(&st, TPO_STAGE_POST, 0, &p0);
+	cr_assert_eq(kill(p0.pid, SIGSTOP), 0);
+	h_chat_body(body, sizeof(body), "three [[tpo:tokens=3]]", 0, NULL);
+	h_begin(&c, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+	cr_assert_eq(tpo_ringset_attach(&rs, in.name), 0);
+	shm = tpo_ringset_find(&rs, TPO_ST_INFER, 0, TPO_ST_POST, 0);
+	cr_assert_not_null(shm);
+	end = h_now_ms() + H_HANG_MS;
+	tail = atomic_load(&shm->tail);
+	while (atomic_load(&shm->head) == tail && h_now_ms() < end)
+		h_sleep_ms(2);
+	cr_assert_neq(atomic_load(&shm->head), tail, "nothing reached post's ring");
+	cr_assert_eq(h_wait_in_flight(&st, TPO_STAGE_INFER, 0, 0), 0, "infer never finished");
+	pos = tail;
+	rec = (struct tpo_rec *)((uint8_t *)shm + TPO_RING_HDR_SIZE + (pos & (shm->capacity - 1)));
+	if (rec->type == TPO_REC_PAD) {
+		pos = (pos | (shm->capacity - 1)) + 1;
+		rec = (struct tpo_rec *)((uint8_t *)shm + TPO_RING_HDR_SIZE);
+	}
+	cr_assert_eq(rec->type, TPO_MSG_BEGIN);
+	rec->attempt = 1;
+	atomic_store(&shm->busy, pos + 1);
+	cr_assert_eq(kill(p0.pid, SIGKILL), 0);
+
+	cr_assert_eq(h_read_head(&c), 0);
+	cr_assert_eq(c.status, 500, "status %d", c.status);
+	cr_assert_eq(h_read_body(&c), 0);
+	h_assert_oai_error(c.body, "quarantined");
+	h_conn_free(&c);
+	/* The rest of the request went through the new post: dropped. */
+	end = h_now_ms() + H_HANG_MS;
+	while (atomic_load(&shm->tail) != atomic_load(&shm->head) && h_now_ms() < end)
+		h_sleep_ms(2);
+	cr_assert_eq(atomic_load(&shm->tail), atomic_load(&shm->head));
+	tpo_ringset_close(&rs);
+	h_proc(&st, TPO_STAGE_POST, 0, &p);
+	cr_assert_neq(p.pid, p0.pid, "post was not restarted");
+	cr_assert_eq(p.errors, 0, "post answered %llu records after the ERROR",
+		     (unsigned long long)p.errors);
+	still_serves();
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
+
+/*
  * A REQ record whose lengths add up only when summed in 32 bits (a buggy
  * stage before assemble, a user's among them, or a scribbled ring) ends its
  * request with one clean 500; assemble does not follow the lengths 2 GiB past
