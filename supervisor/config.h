@@ -195,6 +195,7 @@ struct tpo_config {
 	char     listen[TPO_CONFIG_LISTEN_LEN];          /* as written */
 	char     listen_host[TPO_CONFIG_HOST_LEN];       /* "127.0.0.1", "localhost", "::1" */
 	uint16_t listen_port;
+	uint8_t  listen_cli;           /* listen came from --listen, not the file */
 	struct tpo_lanes_spec lanes;
 	int64_t  spin_ns;              /* TPO_CONFIG_SPIN_AUTO or 0..10000000 */
 	int      sched;                /* enum tpo_config_sched */

@@ -83,6 +83,7 @@ static int override_listen(struct tpo_config *c, const char *listen)
 	memcpy(c->listen, tmp.listen, sizeof(c->listen));
 	memcpy(c->listen_host, tmp.listen_host, sizeof(c->listen_host));
 	c->listen_port = tmp.listen_port;
+	c->listen_cli = 1;
 	return 0;
 }
 

@@ -404,11 +404,9 @@ static void begin_drain(struct sup *s, const char *why)
 	logmsg(LOG_NOTICE, "%s: draining (timeout %u ms)", why, s->cfg->drain_timeout_ms);
 	sd_notify(0, "STOPPING=1\nSTATUS=draining");
 	tpo_stats_set_draining(&s->stats, 1);
-	/* Units waiting to restart in any stage will not be restarted now. */
-	for (int st = 0; st < TPO_ST_COUNT; st++)
-		for (int l = 0; l < s->nlanes; l++)
-			if (s->units[st][l].pid <= 0)
-				step(s, &s->units[st][l], TPO_EV_SHUTDOWN, 0, 0);
+	/* Only the fronts stop now. A later stage's unit waiting to restart
+	 * still restarts: the requests in flight in its lane need it to finish
+	 * (its turn to stop comes after the stages before it, drain_stage). */
 	drain_stage(s, TPO_ST_STREAM);
 }
 
@@ -545,6 +543,8 @@ static void reload(struct sup *s)
 	struct tpo_config_errors errs;
 	struct tpo_config *n = malloc(sizeof(*n));
 	const struct tpo_config *c = s->cfg;
+	struct tpo_fsm_params fp;
+	int fsm_new, other;
 
 	if (!n)
 		return;
@@ -559,22 +559,32 @@ static void reload(struct sup *s)
 		       s->config_path);
 		goto out;
 	}
+	/* What the command line set stays (--name, --listen). */
 	strcpy(n->name, c->name);
-	if (memcmp(&n->restart, &c->restart, sizeof(c->restart)) == 0 &&
-	    memcmp(n, c, sizeof(*n)) == 0) {
-		logmsg(LOG_NOTICE, "reload: %s unchanged", s->config_path);
-		goto out;
+	if (c->listen_cli) {
+		memcpy(n->listen, c->listen, sizeof(n->listen));
+		memcpy(n->listen_host, c->listen_host, sizeof(n->listen_host));
+		n->listen_port = c->listen_port;
+		n->listen_cli = 1;
 	}
-	/* Restart parameters apply at once; everything else lives in the
-	 * stages' processes and the segments' layout. */
-	s->fp = n->restart.fsm;
-	logmsg(LOG_NOTICE, "reload: restart and circuit parameters applied");
-	if (memcmp(&n->stages, &c->stages, sizeof(c->stages)) || strcmp(n->listen, c->listen) ||
-	    memcmp(&n->admission, &c->admission, sizeof(c->admission)) ||
-	    memcmp(&n->lanes, &c->lanes, sizeof(c->lanes)) ||
-	    memcmp(&n->rings, &c->rings, sizeof(c->rings)) || n->sched != c->sched)
-		logmsg(LOG_WARNING, "reload: changes to listen, lanes, rings, sched, admission "
-		       "or stages need a restart of the instance (tpo-supervisor stop; start)");
+	/* The restart and circuit parameters (restart.* but quarantine_after)
+	 * apply at once; everything else lives in the stages' processes, the
+	 * segments' layout or was read at start: said, not claimed applied. */
+	fp = n->restart.fsm;
+	n->restart.fsm = c->restart.fsm;
+	fsm_new = memcmp(&fp, &s->fp, sizeof(fp)) != 0;   /* against what runs now */
+	other = memcmp(n, c, sizeof(*n)) != 0;
+	if (!fsm_new && !other)
+		logmsg(LOG_NOTICE, "reload: %s unchanged", s->config_path);
+	if (fsm_new) {
+		s->fp = fp;
+		logmsg(LOG_NOTICE, "reload: restart and circuit parameters applied");
+	}
+	if (other)
+		logmsg(LOG_WARNING, "reload: %s changes settings other than the restart and "
+		       "circuit parameters (restart.*, but quarantine_after); they are not "
+		       "applied: restart the instance for them (tpo-supervisor stop; start)",
+		       s->config_path);
 out:
 	free(n);
 }
@@ -630,6 +640,17 @@ int tpo_sup_run(const struct tpo_config *cfg, const char *config_path)
 		logmsg(LOG_ERR, "fatal: unable to serialise the configuration");
 		goto out;
 	}
+	/* Blocked (read from the signalfd once the loop runs) before the stats
+	 * segment names our pid: a stop, reload or reset sent while the rest is
+	 * set up waits for the loop instead of killing us half set up. */
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
+	sigaddset(&mask, SIGUSR1);
+	sigaddset(&mask, SIGCHLD);
+	sigaddset(&mask, SIGPIPE);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
 	e = tpo_stats_create(&s->stats, s->name, (uint32_t)s->nlanes);
 	if (e < 0) {
 		if (e == -EEXIST)
@@ -662,14 +683,6 @@ int tpo_sup_run(const struct tpo_config *cfg, const char *config_path)
 		goto out_rings;
 	}
 
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGTERM);
-	sigaddset(&mask, SIGINT);
-	sigaddset(&mask, SIGHUP);
-	sigaddset(&mask, SIGUSR1);
-	sigaddset(&mask, SIGCHLD);
-	sigaddset(&mask, SIGPIPE);
-	sigprocmask(SIG_BLOCK, &mask, NULL);
 	prctl(PR_SET_CHILD_SUBREAPER, 1);
 	s->epfd = epoll_create1(EPOLL_CLOEXEC);
 	s->sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
@@ -882,6 +895,15 @@ int tpo_sup_status(const char *name)
 	if (attach_or_say(&st, name) < 0)
 		return TPO_EX_SYSTEM;
 	if (tpo_stats_read_info(&st, &info) < 0) {
+		tpo_stats_close(&st);
+		return TPO_EX_SYSTEM;
+	}
+	/* Segments outlive a supervisor that was killed: its table would show
+	 * dead processes "running". */
+	if (info.sup_pid <= 0 || (kill(info.sup_pid, 0) < 0 && errno == ESRCH)) {
+		fprintf(stderr, "tpo-supervisor: instance '%s' is not running: its supervisor "
+			"(pid %d) has died; its segments remain until the next start of that "
+			"name\n", name, (int)info.sup_pid);
 		tpo_stats_close(&st);
 		return TPO_EX_SYSTEM;
 	}

@@ -502,6 +502,15 @@ Test(supervisor, killed_supervisor_takes_stages_along)
 	h_assert_pids_gone(pids, TPO_NSTAGES * TPO_MAX_LANES);
 	/* Its segments are left behind... */
 	cr_assert(h_shm_left(in.name));
+	/* ...status says the instance is not running (not its dead stages
+	 * "running"), and fails... */
+	{
+		char out[4096];
+		cr_assert_eq(h_sup(out, sizeof(out), "status", "--name", in.name, NULL, NULL, NULL),
+			     111, "%s", out);
+		cr_assert(strstr(out, "is not running"), "%s", out);
+		cr_assert_null(strstr(out, "running   "), "%s", out);
+	}
 	/* ...and a new start of the same name replaces them. */
 	strcpy(name, in.name);
 	h_unlink_files(&in);
@@ -511,6 +520,59 @@ Test(supervisor, killed_supervisor_takes_stages_along)
 	cr_assert_eq(status, 200);
 	h_stop(&in);
 	cr_assert_not(h_shm_left(name));
+}
+
+/*
+ * SIGTERM while a stage waits to restart (its backoff): it still restarts,
+ * and the requests queued in its lane finish during the drain (they were
+ * left to the drain timeout, 503, when the drain stopped every unit
+ * without a process at once).
+ */
+Test(supervisor, drain_restarts_a_stage_in_backoff)
+{
+	enum { N = 3 };
+	struct h_conn cs[N];
+	struct tpo_stats st;
+	struct tpo_proc_snapshot p0, p;
+	char body[512];
+	uint64_t end;
+	int status;
+
+	h_start(&in, "drbk",
+		"{\"lanes\": 1, \"restart\": {\"base_ms\": 1500, \"cap_ms\": 1500, \"jitter_pct\": 0},"
+		" \"stages\": {\"infer\": {\"max_inflight\": 1,"
+		" \"mock\": {\"tokens_per_second\": 0, \"max_tokens\": 8}}}}");
+	in.crashes_ok = 1;
+	h_stats_attach(&in, &st);
+	for (int i = 0; i < N; i++) {
+		char content[64];
+		snprintf(content, sizeof(content), "q%d [[tpo:delay_ms=300]] [[tpo:tokens=2]]", i);
+		h_chat_body(body, sizeof(body), content, 0, NULL);
+		h_begin(&cs[i], in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
+	}
+	cr_assert_eq(h_wait_in_flight(&st, TPO_STAGE_STREAM, 0, N), N, "not all admitted");
+	cr_assert_eq(h_wait_in_flight(&st, TPO_STAGE_INFER, 0, 1), 1, "none in inference");
+	h_proc(&st, TPO_STAGE_INFER, 0, &p0);
+	cr_assert_eq(kill(p0.pid, SIGKILL), 0);
+	end = h_now_ms() + H_HANG_MS;
+	do {
+		h_proc(&st, TPO_STAGE_INFER, 0, &p);
+		if (p.state == TPO_UNIT_BACKOFF)
+			break;
+		h_sleep_ms(2);
+	} while (h_now_ms() < end);
+	cr_assert_eq(p.state, TPO_UNIT_BACKOFF, "state %u", p.state);
+	tpo_stats_close(&st);
+	cr_assert_eq(kill(in.pid, SIGTERM), 0);
+	for (int i = 0; i < N; i++) {
+		cr_assert_eq(h_read_head(&cs[i]), 0, "request %d: no answer", i);
+		cr_assert_eq(cs[i].status, 200, "request %d: status %d", i, cs[i].status);
+		h_conn_free(&cs[i]);
+	}
+	status = h_wait_exit(in.pid, H_HANG_MS);
+	in.stopped = 1;
+	cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %#x", status);
+	cr_assert_not(h_shm_left(in.name));
 }
 
 Test(supervisor, second_start_same_name_fails)
@@ -812,28 +874,17 @@ Test(supervisor, two_instances_side_by_side)
 
 /* SIGHUP (tpo-supervisor reload) re-reads the file: the log says what it
  * applied and what needs a restart, and the instance keeps serving. */
-Test(supervisor, reload_applies_restart_params)
+/* Writes json as the instance's file and reloads; returns the log once it
+ * has more "reload: " lines than nreload. */
+static const char *reload_file(const char *json, int nreload)
 {
-	char out[8192], text[8192];
-	struct h_conn c;
-	char body[512];
+	static char text[16384];
+	char out[8192], *p;
 	FILE *f;
 	size_t n;
+	int seen = 0;
 
-	h_start(&in, "rl", FAST_CFG);
-	/* The same file with one more key: a changed configuration. */
-	f = fopen(in.cfg, "r");
-	cr_assert(f);
-	n = fread(text, 1, sizeof(text) - 1, f);
-	fclose(f);
-	text[n] = 0;
-	{
-		char *brace = strrchr(text, '}');
-		cr_assert(brace);
-		snprintf(brace, sizeof(text) - (size_t)(brace - text),
-			 ", \"drain_timeout_ms\": 12345}\n");
-	}
-	h_write_file(in.cfg, text);
+	h_write_file(in.cfg, json);
 	cr_assert_eq(h_sup(out, sizeof(out), "reload", "--name", in.name, NULL, NULL, NULL), 0,
 		     "%s", out);
 	for (int i = 0; i < 200; i++) {
@@ -842,12 +893,52 @@ Test(supervisor, reload_applies_restart_params)
 		if (f)
 			fclose(f);
 		text[n] = 0;
-		if (strstr(text, "reload:"))
+		seen = 0;
+		for (p = text; (p = strstr(p, "reload: ")); p++)
+			seen++;
+		if (seen > nreload)
 			break;
 		h_sleep_ms(50);
 	}
-	cr_assert(strstr(text, "reload:"), "no reload line in the log:\n%s", text);
-	cr_assert(strstr(text, "applied"), "reload did not apply:\n%s", text);
+	cr_assert_gt(seen, nreload, "no reload line in the log:\n%s", text);
+	return text;
+}
+
+static int count_of(const char *s, const char *what)
+{
+	int n = 0;
+
+	for (; (s = strstr(s, what)); s++)
+		n++;
+	return n;
+}
+
+#define RELOAD_CFG(more) \
+	"{\"lanes\": 2, \"restart\": {\"base_ms\": 20, \"cap_ms\": 50}," \
+	" \"stages\": {\"rag\": {\"enabled\": true}," \
+	" \"infer\": {\"mock\": {\"tokens_per_second\": 0, \"max_tokens\": 8}}}" more "}"
+
+Test(supervisor, reload_applies_restart_params)
+{
+	struct h_conn c;
+	char body[512];
+	const char *log;
+
+	h_start(&in, "rl", FAST_CFG);
+	/* A restart parameter (base_ms 10 -> 20): applied. */
+	log = reload_file(RELOAD_CFG(""), 0);
+	cr_assert_eq(count_of(log, "restart and circuit parameters applied"), 1, "%s", log);
+	cr_assert_eq(count_of(log, "not applied"), 0, "%s", log);
+	/* A setting read at start: said to need a restart, not claimed applied. */
+	log = reload_file(RELOAD_CFG(", \"drain_timeout_ms\": 12345"), 1);
+	cr_assert_eq(count_of(log, "they are not applied"), 1, "%s", log);
+	cr_assert_eq(count_of(log, "restart and circuit parameters applied"), 1, "%s", log);
+	/* Back to the file it started with: base_ms 20 -> 10 applied (what runs
+	 * is compared, not the file at start), nothing else to say. */
+	log = reload_file(FAST_CFG, 2);
+	cr_assert_eq(count_of(log, "restart and circuit parameters applied"), 2, "%s", log);
+	cr_assert_eq(count_of(log, "they are not applied"), 1, "%s", log);
+	cr_assert_eq(count_of(log, "unchanged"), 0, "%s", log);
 	h_chat_body(body, sizeof(body), "after reload [[tpo:tokens=2]]", 0, NULL);
 	h_http(&c, in.port, "POST", "/v1/chat/completions", NULL, body);
 	cr_assert_eq(c.status, 200);
