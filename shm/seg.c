@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -50,16 +51,20 @@ int tpo_seg_path(char *path, size_t len, const char *instance, const char *what)
 	return (n < 0 || (size_t)n >= len) ? -ENAMETOOLONG : 0;
 }
 
-static int pid_alive(pid_t pid)
+/* Older than the grace a creator has to lay out its header. */
+static int past_grace(const struct stat *st)
 {
-	if (pid <= 0)
-		return 0;
-	return kill(pid, 0) == 0 || errno == EPERM;
+	return (uint64_t)st->st_mtim.tv_sec * 1000000000ull + (uint64_t)st->st_mtim.tv_nsec +
+	       UNREADY_GRACE_NS < realtime_ns();
 }
 
 /*
- * Whether the segment at path may be removed: not a tpo segment at all is
- * left alone (-EEXIST), a dead owner's or an abandoned unready one may go.
+ * Whether the segment at path may be removed. Its creator holds a lock on it
+ * (flock, on the descriptor it keeps until tpo_seg_close) for as long as it
+ * lives: held, the segment is in use whatever its state; free, the creator
+ * is gone, and a tpo segment may go, as may one it left without a header
+ * (died between open and writing it) once past the grace. Anything else is
+ * not ours and is left alone.
  */
 static int seg_is_stale(const char *path)
 {
@@ -70,21 +75,38 @@ static int seg_is_stale(const char *path)
 	fd = shm_open(path, O_RDONLY, 0);
 	if (fd < 0)
 		return errno == ENOENT ? 1 : -errno;
-	if (fstat(fd, &st) < 0)
-		goto out;
-	if ((size_t)st.st_size < sizeof(h)) {
-		/* Truncated: a creator died between open and ftruncate. */
-		stale = (uint64_t)st.st_mtim.tv_sec * 1000000000ull +
-			(uint64_t)st.st_mtim.tv_nsec + UNREADY_GRACE_NS < realtime_ns();
+	if (flock(fd, LOCK_SH | LOCK_NB) < 0) {
+		stale = errno == EWOULDBLOCK ? 0 : -errno;
 		goto out;
 	}
-	if (pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) || h.magic != TPO_SEG_MAGIC)
+	if (fstat(fd, &st) < 0)
 		goto out;
-	if (!pid_alive((pid_t)h.owner_pid))
+	if ((size_t)st.st_size < sizeof(h) || pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h)) {
+		stale = past_grace(&st);        /* died before ftruncate */
+		goto out;
+	}
+	if (h.magic == TPO_SEG_MAGIC)
 		stale = 1;
+	else if (h.magic == 0)
+		stale = past_grace(&st);        /* died before the header */
 out:
 	close(fd);
 	return stale;
+}
+
+int tpo_seg_owner_alive(const char *instance, const char *what)
+{
+	char path[TPO_SEG_PATH_MAX];
+	int fd, alive, err = tpo_seg_path(path, sizeof(path), instance, what);
+
+	if (err < 0)
+		return err;
+	fd = shm_open(path, O_RDONLY, 0);
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	alive = flock(fd, LOCK_SH | LOCK_NB) < 0 && errno == EWOULDBLOCK;
+	close(fd);
+	return alive;
 }
 
 int tpo_seg_create(struct tpo_seg *seg, const char *instance, const char *what,
@@ -113,6 +135,12 @@ again:
 		shm_unlink(seg->path);
 		goto again;
 	}
+	/* The owner's lock, held as long as fd (kept until tpo_seg_close) and
+	 * gone with the process however it ends: what says we are alive. */
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		err = -errno;
+		goto err_unlink;
+	}
 	/* shm_open honours the umask only downwards; make 0600 explicit. */
 	if (fchmod(fd, 0600) < 0 || ftruncate(fd, (off_t)size) < 0) {
 		err = -errno;
@@ -123,7 +151,7 @@ again:
 		err = -errno;
 		goto err_unlink;
 	}
-	close(fd);
+	seg->lock = fd + 1;
 	h = base;
 	h->magic = TPO_SEG_MAGIC;
 	h->kind = kind;
@@ -209,6 +237,9 @@ err_close:
 
 void tpo_seg_close(struct tpo_seg *seg)
 {
+	if (seg->lock)
+		close(seg->lock - 1);
+	seg->lock = 0;
 	if (seg->base)
 		munmap(seg->base, seg->size);
 	seg->base = NULL;

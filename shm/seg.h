@@ -60,6 +60,7 @@ struct tpo_seg {
 	size_t size;
 	char   path[TPO_SEG_PATH_MAX];
 	int    writable;
+	int    lock;        /* creator: 1 + the descriptor holding its lock; 0 */
 };
 
 /* Fills path with "/tpo.<instance>.<what>"; -EINVAL on a bad name. */
@@ -78,6 +79,14 @@ int tpo_seg_name_ok(const char *instance);
  */
 int tpo_seg_create(struct tpo_seg *seg, const char *instance, const char *what,
 		   uint32_t kind, size_t size);
+
+/*
+ * 1 while the creator of the segment is alive (it holds a lock on the
+ * segment from tpo_seg_create until tpo_seg_close or its death: a pid in the
+ * header may be reused, the lock cannot), 0 if not or if there is no such
+ * segment, -errno on a bad name or an unreadable one.
+ */
+int tpo_seg_owner_alive(const char *instance, const char *what);
 
 /* Writes the version with a release store: the segment is now ready. */
 void tpo_seg_publish(struct tpo_seg *seg, uint32_t version);

@@ -823,6 +823,13 @@ int tpo_sup_stop(const char *name, int timeout_ms)
 	}
 	tpo_stats_close(&st);
 	pid = info.sup_pid;
+	/* Its lock, not its pid (which a dead supervisor's may now name some
+	 * other process by): signal only a supervisor that holds it. */
+	if (tpo_seg_owner_alive(name, "stats") != 1) {
+		fprintf(stderr, "tpo-supervisor: instance '%s' is not running "
+			"(stale segments are removed at the next start)\n", name);
+		return TPO_EX_OK;
+	}
 	/* A pidfd turns readable when the process has exited, even while it
 	 * is an unreaped zombie (kill(pid, 0) would still succeed then). */
 	pidfd = pidfd_open(pid);
@@ -874,6 +881,12 @@ int tpo_sup_signal(const char *name, int sig)
 	memset(&st, 0, sizeof(st));
 	if (attach_or_say(&st, name) < 0)
 		return TPO_EX_SYSTEM;
+	if (tpo_seg_owner_alive(name, "stats") != 1) {
+		fprintf(stderr, "tpo-supervisor: instance '%s' is not running: its supervisor "
+			"has died; its segments remain until the next start of that name\n", name);
+		tpo_stats_close(&st);
+		return TPO_EX_SYSTEM;
+	}
 	if (tpo_stats_read_info(&st, &info) < 0 || info.sup_pid <= 0 ||
 	    kill(info.sup_pid, sig) < 0) {
 		fprintf(stderr, "tpo-supervisor: instance '%s': unable to signal the supervisor\n",
@@ -900,7 +913,7 @@ int tpo_sup_status(const char *name)
 	}
 	/* Segments outlive a supervisor that was killed: its table would show
 	 * dead processes "running". */
-	if (info.sup_pid <= 0 || (kill(info.sup_pid, 0) < 0 && errno == ESRCH)) {
+	if (tpo_seg_owner_alive(name, "stats") != 1) {
 		fprintf(stderr, "tpo-supervisor: instance '%s' is not running: its supervisor "
 			"(pid %d) has died; its segments remain until the next start of that "
 			"name\n", name, (int)info.sup_pid);

@@ -6,6 +6,7 @@
 #include "tests/integration/harness.h"
 
 #include <sched.h>
+#include <sys/mman.h>
 
 /* Five stages: rag runs without retrieval only when asked to. */
 #define FAST_CFG \
@@ -503,13 +504,41 @@ Test(supervisor, killed_supervisor_takes_stages_along)
 	/* Its segments are left behind... */
 	cr_assert(h_shm_left(in.name));
 	/* ...status says the instance is not running (not its dead stages
-	 * "running"), and fails... */
+	 * "running"), and fails; with its pid now another process's (a reused
+	 * pid: a child of ours written into the segment), stop and reload
+	 * signal nobody and say it is not running... */
 	{
-		char out[4096];
+		char out[4096], path[256];
+		struct tpo_stats_shm *m;
+		pid_t other = fork();
+		int fd, st2;
+
+		cr_assert_geq(other, 0);
+		if (other == 0) {
+			pause();
+			_exit(0);
+		}
+		snprintf(path, sizeof(path), "/dev/shm/tpo.%s.stats", in.name);
+		fd = open(path, O_RDWR);
+		cr_assert_geq(fd, 0);
+		m = mmap(NULL, sizeof(*m), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		cr_assert_neq(m, MAP_FAILED);
+		close(fd);
+		atomic_store(&m->hdr.sup_pid, (uint32_t)other);
+		munmap(m, sizeof(*m));
 		cr_assert_eq(h_sup(out, sizeof(out), "status", "--name", in.name, NULL, NULL, NULL),
 			     111, "%s", out);
 		cr_assert(strstr(out, "is not running"), "%s", out);
 		cr_assert_null(strstr(out, "running   "), "%s", out);
+		cr_assert_eq(h_sup(out, sizeof(out), "stop", "--name", in.name, NULL, NULL, NULL),
+			     0, "%s", out);
+		cr_assert(strstr(out, "is not running"), "%s", out);
+		cr_assert_eq(h_sup(out, sizeof(out), "reload", "--name", in.name, NULL, NULL, NULL),
+			     111, "%s", out);
+		cr_assert_eq(waitpid(other, &st2, WNOHANG), 0, "the process with the reused pid "
+			     "was signalled");
+		kill(other, SIGKILL);
+		cr_assert_eq(waitpid(other, &st2, 0), other);
 	}
 	/* ...and a new start of the same name replaces them. */
 	strcpy(name, in.name);

@@ -249,6 +249,75 @@ Test(seg, dead_owner_replaced)
 	cr_assert_eq(tpo_seg_unlink(inst(), "d"), 0);
 }
 
+/*
+ * Whether an owner lives is its lock, not its pid: a dead creator's segment
+ * whose header names a live process (a pid reused after a crash; in a
+ * container the supervisor is pid 1 every time) is stale, and
+ * tpo_seg_owner_alive says so; a live creator's is not, closed it is.
+ */
+Test(seg, owner_is_its_lock_not_its_pid)
+{
+	struct tpo_seg s, a;
+	int st;
+	pid_t pid;
+
+	(void)inst();
+	pid = fork();
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		if (tpo_seg_create(&s, inst(), "p", TPO_SEG_TEST, 4096) < 0)
+			_exit(1);
+		((struct tpo_seg_hdr *)s.base)->owner_pid = (uint32_t)getppid();
+		tpo_seg_publish(&s, 1);
+		_exit(0);
+	}
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	cr_assert_eq(tpo_seg_owner_alive(inst(), "p"), 0);
+	cr_assert_eq(tpo_seg_create(&s, inst(), "p", TPO_SEG_TEST, 4096), 0,
+		     "a dead creator's segment kept by a live pid in its header");
+	cr_assert_eq(tpo_seg_owner_alive(inst(), "p"), 1);
+	cr_assert_eq(tpo_seg_create(&a, inst(), "p", TPO_SEG_TEST, 4096), -EEXIST);
+	cr_assert_eq(tpo_seg_sweep(inst(), 0), 0);
+	tpo_seg_close(&s);
+	cr_assert_eq(tpo_seg_owner_alive(inst(), "p"), 0);
+	cr_assert_eq(tpo_seg_owner_alive(inst(), "none"), 0);
+	cr_assert_eq(tpo_seg_owner_alive("a/b", "p"), -EINVAL);
+	cr_assert_eq(tpo_seg_unlink(inst(), "p"), 0);
+}
+
+/* A creator that died before writing its header leaves a file of zeros:
+ * kept through the grace a live creator has, then swept; another
+ * program's file (not zeros, not ours) never is. */
+Test(seg, headerless_segment_swept_after_the_grace)
+{
+	char path[128];
+	struct timespec old[2] = { { .tv_sec = 1 }, { .tv_sec = 1 } };
+	struct stat sb;
+	int fd;
+
+	devshm(path, sizeof(path), "z0");
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(ftruncate(fd, 4096), 0);
+	close(fd);
+	devshm(path, sizeof(path), "zf");
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(write(fd, "not a tpo segment, someone else's data", 38), 38);
+	cr_assert_eq(ftruncate(fd, 4096), 0);
+	cr_assert_eq(futimens(fd, old), 0);
+	close(fd);
+	cr_assert_eq(tpo_seg_sweep(inst(), 0), 0, "swept within the grace");
+	devshm(path, sizeof(path), "z0");
+	cr_assert_eq(utimensat(AT_FDCWD, path, old, 0), 0);
+	cr_assert_eq(tpo_seg_sweep(inst(), 0), 1);
+	cr_assert_eq(stat(path, &sb), -1, "the zero-header file is still there");
+	devshm(path, sizeof(path), "zf");
+	cr_assert_eq(stat(path, &sb), 0, "another program's file was swept");
+	unlink(path);
+}
+
 Test(seg, sweep)
 {
 	static const char *const what[] = { "x", "y" };
