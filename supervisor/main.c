@@ -113,7 +113,17 @@ int main(int argc, char **argv)
 		case 'c': path = optarg; break;
 		case 'n': name = optarg; break;
 		case 'l': listen = optarg; break;
-		case 't': timeout_ms = atoi(optarg); break;
+		case 't': {
+			char *e;
+			long v = strtol(optarg, &e, 10);
+			if (e == optarg || *e || v < 1 || v > 86400000) {
+				fprintf(stderr, "tpo-supervisor: --timeout %s: expected milliseconds, "
+					"1 to 86400000\n", optarg);
+				return TPO_EX_USAGE;
+			}
+			timeout_ms = (int)v;
+			break;
+		}
 		case 'd': dump = 1; break;
 		case 'h': return usage(0);
 		default: return usage(TPO_EX_USAGE);

@@ -805,6 +805,28 @@ static int attach_or_say(struct tpo_stats *st, const char *name)
 	return err;
 }
 
+/* How long a drain of the running instance name may take: its fronts'
+ * drain_timeout_ms, then each later stage's grace, and a margin; 60 s when
+ * its configuration cannot be read. */
+static int drain_bound_ms(const char *name)
+{
+	struct tpo_config_errors errs;
+	struct tpo_config *c = malloc(sizeof(*c));
+	struct tpo_ringset rs;
+	int ms = 60000;
+
+	if (!c)
+		return ms;
+	if (tpo_ringset_attach(&rs, name) == 0) {
+		if (tpo_config_parse(c, (const char *)rs.seg.base + rs.hdr->config_off,
+				     rs.hdr->config_len, "<instance configuration>", &errs) == 0)
+			ms = (int)c->drain_timeout_ms + TPO_ST_COUNT * STOP_GRACE_MS + 5000;
+		tpo_ringset_close(&rs);
+	}
+	free(c);
+	return ms;
+}
+
 int tpo_sup_stop(const char *name, int timeout_ms)
 {
 	struct tpo_stats st;
@@ -849,7 +871,7 @@ int tpo_sup_stop(const char *name, int timeout_ms)
 		return TPO_EX_SYSTEM;
 	}
 	if (timeout_ms <= 0)
-		timeout_ms = 60000;
+		timeout_ms = drain_bound_ms(name);
 	end = now_ms() + (uint64_t)timeout_ms;
 	for (;;) {
 		struct pollfd pf = { .fd = pidfd, .events = POLLIN };

@@ -678,6 +678,12 @@ Test(supervisor, usage_and_exit_codes)
 	cr_assert_eq(h_sup(out, sizeof(out), "status", "--name", "bad/name", NULL, NULL, NULL), 64);
 	cr_assert_eq(h_sup(out, sizeof(out), "start", "--listen", "nowhere", "--name", "itnever",
 			   NULL), 64, "%s", out);
+	/* A --timeout that is no number of milliseconds is refused, not 60 s. */
+	cr_assert_eq(h_sup(out, sizeof(out), "stop", "--name", "it-none-such", "--timeout", "abc",
+			   NULL), 64, "%s", out);
+	cr_assert(strstr(out, "--timeout abc"), "%s", out);
+	cr_assert_eq(h_sup(out, sizeof(out), "stop", "--name", "it-none-such", "--timeout", "-5",
+			   NULL), 64, "%s", out);
 	/* status / stop of an instance that does not exist. */
 	cr_assert_eq(h_sup(out, sizeof(out), "status", "--name", "it-none-such", NULL, NULL, NULL),
 		     111);
