@@ -604,6 +604,29 @@ Test(supervisor, drain_restarts_a_stage_in_backoff)
 	cr_assert_not(h_shm_left(in.name));
 }
 
+/* A configuration file edited into errors after start does not keep
+ * status and stop -c FILE from the running instance (its "name" is read all
+ * the same); one that is not even JSON does (exit 78, nothing stopped). */
+Test(supervisor, stop_with_a_broken_file_still_stops)
+{
+	char out[8192], cfg[512];
+
+	h_start(&in, "brk", FAST_CFG);
+	h_write_file(in.cfg, "{ not json");
+	cr_assert_eq(h_sup(out, sizeof(out), "stop", "-c", in.cfg, NULL, NULL, NULL), 78, "%s", out);
+	cr_assert_eq(h_sup(out, sizeof(out), "status", "--name", in.name, NULL, NULL, NULL), 0,
+		     "%s", out);
+	snprintf(cfg, sizeof(cfg), "{\"name\": \"%s\", \"lanes\": \"many\"}", in.name);
+	h_write_file(in.cfg, cfg);
+	cr_assert_eq(h_sup(out, sizeof(out), "status", "-c", in.cfg, NULL, NULL, NULL), 0, "%s", out);
+	cr_assert(strstr(out, "lanes"), "the file's error is not shown: %s", out);
+	cr_assert_eq(h_sup(out, sizeof(out), "stop", "-c", in.cfg, NULL, NULL, NULL), 0, "%s", out);
+	cr_assert(strstr(out, "stopped"), "%s", out);
+	cr_assert_eq(h_wait_exit(in.pid, H_HANG_MS), 0);
+	in.stopped = 1;
+	cr_assert_not(h_shm_left(in.name));
+}
+
 Test(supervisor, second_start_same_name_fails)
 {
 	char out[8192], listen[64];
