@@ -125,8 +125,8 @@ int tpo_ringset_create(struct tpo_ringset *rs, const char *instance,
 	rs->hdr->absent = spec->absent;
 	each_ring(spec->nlanes, spec->absent, place, &l);
 	if (l.err < 0) {
+		tpo_seg_unlink(instance, "rings");   /* while we hold its lock */
 		tpo_seg_close(&rs->seg);
-		tpo_seg_unlink(instance, "rings");
 		return l.err;
 	}
 	tpo_seg_publish(&rs->seg, TPO_RINGSET_VERSION);

@@ -58,40 +58,52 @@ static int past_grace(const struct stat *st)
 	       UNREADY_GRACE_NS < realtime_ns();
 }
 
+static int pid_alive(pid_t pid)
+{
+	if (pid <= 0)
+		return 0;
+	return kill(pid, 0) == 0 || errno == EPERM;
+}
+
 /*
- * Whether the segment at path may be removed. Its creator holds a lock on it
+ * Of the segment open on fd: 1 if its creator lives, 0 if it is gone, 2 if
+ * it is not a tpo segment at all, -errno. The creator holds a lock on it
  * (flock, on the descriptor it keeps until tpo_seg_close) for as long as it
- * lives: held, the segment is in use whatever its state; free, the creator
- * is gone, and a tpo segment may go, as may one it left without a header
- * (died between open and writing it) once past the grace. Anything else is
- * not ours and is left alone.
+ * lives: held, the segment is in use whatever its state. Free, a header
+ * without TPO_SEG_LOCKED is an older creator's, judged by its pid; one not
+ * written yet is a live creator's within the grace (it locks right after
+ * creating the file), a dead one's after it.
  */
-static int seg_is_stale(const char *path)
+static int creator_alive(int fd)
 {
 	struct tpo_seg_hdr h;
 	struct stat st;
-	int fd, stale = 0;
+
+	if (flock(fd, LOCK_SH | LOCK_NB) < 0)
+		return errno == EWOULDBLOCK ? 1 : -errno;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if ((size_t)st.st_size < sizeof(h) || pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) ||
+	    h.magic == 0)
+		return !past_grace(&st);
+	if (h.magic != TPO_SEG_MAGIC)
+		return 2;
+	if (!(h.flags & TPO_SEG_LOCKED))
+		return pid_alive((pid_t)h.owner_pid);
+	return 0;
+}
+
+/* Whether the segment at path may be removed: 1 yes, 0 no, -errno. */
+static int seg_is_stale(const char *path)
+{
+	int fd, alive;
 
 	fd = shm_open(path, O_RDONLY, 0);
 	if (fd < 0)
 		return errno == ENOENT ? 1 : -errno;
-	if (flock(fd, LOCK_SH | LOCK_NB) < 0) {
-		stale = errno == EWOULDBLOCK ? 0 : -errno;
-		goto out;
-	}
-	if (fstat(fd, &st) < 0)
-		goto out;
-	if ((size_t)st.st_size < sizeof(h) || pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h)) {
-		stale = past_grace(&st);        /* died before ftruncate */
-		goto out;
-	}
-	if (h.magic == TPO_SEG_MAGIC)
-		stale = 1;
-	else if (h.magic == 0)
-		stale = past_grace(&st);        /* died before the header */
-out:
+	alive = creator_alive(fd);
 	close(fd);
-	return stale;
+	return alive < 0 ? alive : alive == 0;
 }
 
 int tpo_seg_owner_alive(const char *instance, const char *what)
@@ -104,9 +116,9 @@ int tpo_seg_owner_alive(const char *instance, const char *what)
 	fd = shm_open(path, O_RDONLY, 0);
 	if (fd < 0)
 		return errno == ENOENT ? 0 : -errno;
-	alive = flock(fd, LOCK_SH | LOCK_NB) < 0 && errno == EWOULDBLOCK;
+	alive = creator_alive(fd);
 	close(fd);
-	return alive;
+	return alive == 2 ? -EPROTO : alive;
 }
 
 int tpo_seg_create(struct tpo_seg *seg, const char *instance, const char *what,
@@ -136,8 +148,9 @@ again:
 		goto again;
 	}
 	/* The owner's lock, held as long as fd (kept until tpo_seg_close) and
-	 * gone with the process however it ends: what says we are alive. */
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+	 * gone with the process however it ends: what says we are alive.
+	 * Blocking: a checker may hold a shared lock for a moment. */
+	if (flock(fd, LOCK_EX) < 0) {
 		err = -errno;
 		goto err_unlink;
 	}
@@ -157,6 +170,7 @@ again:
 	h->kind = kind;
 	h->size = size;
 	h->owner_pid = (uint32_t)getpid();
+	h->flags = TPO_SEG_LOCKED;
 	h->created_ns = realtime_ns();
 	seg->base = base;
 	seg->size = size;
@@ -164,8 +178,8 @@ again:
 	return 0;
 
 err_unlink:
+	shm_unlink(seg->path);       /* while we hold its lock */
 	close(fd);
-	shm_unlink(seg->path);
 	return err;
 }
 

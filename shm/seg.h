@@ -11,7 +11,9 @@
  *                             with a release store: 0 means "not ready"
  *   16      8     size        bytes mapped, header included
  *   24      4     owner_pid   process that created it (the supervisor)
- *   28      4     reserved
+ *   28      4     flags       TPO_SEG_LOCKED: its creator holds a lock on
+ *                             it while it lives (0 from older creators,
+ *                             judged by owner_pid then)
  *   32      8     created_ns  CLOCK_REALTIME at creation
  *   40      24    reserved    (pads the header to 64 bytes)
  *   64      ...   body        laid out by the kind (see ring.h, stats.h)
@@ -30,6 +32,7 @@
 #define TPO_SEG_HDR_SIZE  64
 #define TPO_NAME_MAX      32   /* instance name, [A-Za-z0-9_-]{1,32} */
 #define TPO_SEG_PATH_MAX  64
+#define TPO_SEG_LOCKED    1u   /* hdr.flags: the creator's flock says it lives */
 
 enum tpo_seg_kind {
 	TPO_SEG_RINGS = 1,
@@ -43,7 +46,7 @@ struct tpo_seg_hdr {
 	uint32_t version;       /* atomic; release store last, acquire load */
 	uint64_t size;
 	uint32_t owner_pid;
-	uint32_t reserved0;
+	uint32_t flags;         /* TPO_SEG_LOCKED */
 	uint64_t created_ns;
 	uint8_t  reserved1[24];
 };
@@ -71,11 +74,14 @@ int tpo_seg_name_ok(const char *instance);
 
 /*
  * Creates and maps a zeroed segment of size bytes (header included) for the
- * calling process as owner. The header is filled except for version: the
+ * calling process as owner, which holds a lock on it (flock) until
+ * tpo_seg_close or its death. The header is filled except for version: the
  * caller lays out the body, then calls tpo_seg_publish(). If the name exists
- * and its owner is dead (or it never became ready and is older than a few
- * seconds) it is unlinked first; a live owner's segment gives -EEXIST.
- * Release with tpo_seg_close(), and tpo_seg_unlink() when done with the name.
+ * and its creator is gone (its lock free; one that died before writing the
+ * header: once older than a few seconds) it is unlinked first; a live
+ * creator's segment gives -EEXIST, ready or not. When done with the name,
+ * tpo_seg_unlink() it before tpo_seg_close(): unlinked after the lock goes,
+ * it could be a newer instance's segment by then.
  */
 int tpo_seg_create(struct tpo_seg *seg, const char *instance, const char *what,
 		   uint32_t kind, size_t size);
@@ -83,8 +89,9 @@ int tpo_seg_create(struct tpo_seg *seg, const char *instance, const char *what,
 /*
  * 1 while the creator of the segment is alive (it holds a lock on the
  * segment from tpo_seg_create until tpo_seg_close or its death: a pid in the
- * header may be reused, the lock cannot), 0 if not or if there is no such
- * segment, -errno on a bad name or an unreadable one.
+ * header may be reused, the lock cannot; a segment of an older creator,
+ * without TPO_SEG_LOCKED, by its pid), 0 if not or if there is no such
+ * segment, -errno on a bad name or a segment that cannot be read.
  */
 int tpo_seg_owner_alive(const char *instance, const char *what);
 

@@ -185,9 +185,9 @@ void tpo_stats_destroy(struct tpo_stats *st)
 		return;
 	mine = st->shm->seg.owner_pid == (uint32_t)getpid();
 	memcpy(path, st->seg.path, sizeof(path));
-	tpo_stats_close(st);
 	if (mine)
-		shm_unlink(path);
+		shm_unlink(path);         /* while we hold its lock (seg.h) */
+	tpo_stats_close(st);
 }
 
 /* ---- supervisor writers ------------------------------------------------ */

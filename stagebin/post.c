@@ -49,7 +49,9 @@ struct req {
 	uint32_t in_seq;             /* infer's numbering: last TOKEN taken */
 	uint32_t tokens;             /* TOKEN records received */
 	uint32_t max_tokens;
-	uint32_t asked_max;          /* max_tokens the model was asked for (0: none) */
+	uint32_t asked_max;          /* max_tokens the model was asked for (the front
+				      * sends the smaller of the request's and the cap;
+				      * 0 only from a stage of a user's that did not) */
 	uint32_t prompt_tokens;
 	uint32_t fnext;              /* next free entry, while free */
 	struct tpo_utf8_joiner utf8;

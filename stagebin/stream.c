@@ -339,8 +339,9 @@ static int lane_up(int lane)
 }
 
 /* The first stage of lane past the front whose unit will not run again
- * without a probe (circuit open) or at all (failed), or -1. Its requests
- * would wait for their deadlines: the front ends them (on_tick). */
+ * without a probe (circuit open) or at all (failed), or -1. The requests
+ * that still have to pass it would wait for their deadlines: the front
+ * ends them (on_tick). */
 static int lane_stage_out(int lane)
 {
 	for (int s = TPO_ST_STREAM + 1; s < TPO_ST_COUNT; s++) {
@@ -998,18 +999,24 @@ static void on_tick(void)
 
 	for (int l = 0; l < st.nlanes; l++) {
 		struct sreq *r = lane_list[l].next;
-		int out = r != &lane_list[l] ? lane_stage_out(l) : -1;
+		int down = r != &lane_list[l] ? lane_stage_out(l) : -1;
 
-		if (out >= 0) {
+		if (down >= 0) {
 			char msg[128];
 
+			/* Past a stage before infer, a request in inference or
+			 * streaming no longer needs it: only queued ones end. */
 			snprintf(msg, sizeof(msg), "pipeline lane %d is out of service (its %s "
-				 "stage keeps failing): try again", l, tpo_stage_name(out));
-			while ((r = lane_list[l].next) != &lane_list[l]) {
-				send_cancel(r, TPO_CANCEL_SHED);
-				req_fail(r, 503, msg, "Retry-After: 1\r\n");
+				 "stage keeps failing): try again", l, tpo_stage_name(down));
+			while (r != &lane_list[l]) {
+				struct sreq *nx = r->next;
+				if (down >= TPO_ST_INFER || r->state == R_QUEUED) {
+					send_cancel(r, TPO_CANCEL_SHED);
+					req_fail(r, 503, msg, "Retry-After: 1\r\n");
+				}
+				r = nx;
 			}
-			continue;
+			r = lane_list[l].next;
 		}
 		while (r != &lane_list[l]) {
 			struct sreq *nx = r->next;

@@ -1170,6 +1170,46 @@ out:
 	return ret;
 }
 
+int tpo_config_name_of(const char *path, char *name, size_t cap)
+{
+	static char buf[1 << 20];
+	jsmntok_t *t = NULL;
+	ssize_t len;
+	int fd, nt, k, err = 0;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	len = read(fd, buf, sizeof(buf));
+	err = len < 0 ? -errno : 0;
+	close(fd);
+	if (err < 0)
+		return err;
+	nt = tpo_json_tokenize(buf, (size_t)len, &t, NULL);
+	if (nt < 1 || t[0].type != JSMN_OBJECT) {
+		free(t);
+		return -EINVAL;
+	}
+	snprintf(name, cap, "default");
+	for (k = 1; k > 0 && k + 1 < nt; k = tpo_json_skip(t, nt, k)) {
+		size_t vl = (size_t)(t[k + 1].end - t[k + 1].start);
+
+		if (t[k].end - t[k].start != 4 || memcmp(buf + t[k].start, "name", 4))
+			continue;
+		/* The first "name" decides: one that is no instance name never
+		 * falls back to "default" (that could be another instance). */
+		if (t[k + 1].type != JSMN_STRING || vl >= cap) {
+			err = -EINVAL;
+			break;
+		}
+		memcpy(name, buf + t[k + 1].start, vl);
+		name[vl] = 0;
+		break;
+	}
+	free(t);
+	return err < 0 ? err : tpo_seg_name_ok(name);
+}
+
 int tpo_config_load(struct tpo_config *c, const char *path, struct tpo_config_errors *errs)
 {
 	struct stat st;

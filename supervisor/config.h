@@ -239,6 +239,15 @@ int tpo_config_parse(struct tpo_config *c, const char *json, size_t len,
  */
 int tpo_config_load(struct tpo_config *c, const char *path, struct tpo_config_errors *errs);
 
+/*
+ * The instance name a file gives, read even when the file does not load
+ * (edited since its instance started): its top-level "name", "default"
+ * without one. 0, or -EINVAL (not JSON, not an object, a "name" that is not
+ * a valid instance name), -errno of opening or reading it. For the commands
+ * that only need to find a running instance.
+ */
+int tpo_config_name_of(const char *path, char *name, size_t cap);
+
 /* Releases nothing today (the struct owns no memory); call it anyway. */
 void tpo_config_free(struct tpo_config *c);
 

@@ -15,7 +15,6 @@
 #include "shm/seg.h"
 #include "supervisor/config.h"
 #include "supervisor/sup.h"
-#include "workers/json.h"
 
 static const char usage_text[] =
 "usage: tpo-supervisor COMMAND [OPTIONS]\n"
@@ -68,46 +67,6 @@ static int load(struct tpo_config *c, const char *path)
 		return TPO_EX_CONFIG;
 	}
 	return 0;
-}
-
-/*
- * The instance name of a file that does not load (edited since its instance
- * started, say): its top-level "name", if it is JSON at all; else
- * "default", as a file without one gets. stop, status, reset and reload
- * need only that: a broken file must not keep them from a running instance.
- */
-static int name_of_broken(const char *path, char *name, size_t cap)
-{
-	static char buf[1 << 20];
-	jsmntok_t *t = NULL;
-	ssize_t len;
-	int fd, nt, k;
-
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	len = read(fd, buf, sizeof(buf));
-	close(fd);
-	if (len < 0)
-		return -EIO;
-	nt = tpo_json_tokenize(buf, (size_t)len, &t, NULL);
-	if (nt < 1 || t[0].type != JSMN_OBJECT) {
-		free(t);
-		return -EINVAL;
-	}
-	snprintf(name, cap, "default");
-	for (k = 1; k > 0 && k + 1 < nt; k = tpo_json_skip(t, nt, k)) {
-		int kl = t[k].end - t[k].start, vl = t[k + 1].end - t[k + 1].start;
-
-		if (kl == 4 && !memcmp(buf + t[k].start, "name", 4) &&
-		    t[k + 1].type == JSMN_STRING && (size_t)vl < cap) {
-			memcpy(name, buf + t[k + 1].start, (size_t)vl);
-			name[vl] = 0;
-			break;
-		}
-	}
-	free(t);
-	return tpo_seg_name_ok(name);
 }
 
 /* Applies --listen HOST:PORT by re-parsing a one-key override. */
@@ -213,7 +172,7 @@ int main(int argc, char **argv)
 			static char found[TPO_CONFIG_NAME_LEN];
 
 			if ((rc = load(&cfg, path))) {
-				if (!path || name_of_broken(path, found, sizeof(found)) < 0)
+				if (!path || tpo_config_name_of(path, found, sizeof(found)) < 0)
 					return rc;
 				fprintf(stderr, "tpo-supervisor: %s: acting on instance '%s' (the "
 					"file's name) all the same\n", path, found);

@@ -782,8 +782,8 @@ out_loop:
 	if (s->sigfd >= 0) close(s->sigfd);
 	if (s->epfd >= 0) close(s->epfd);
 out_rings:
+	tpo_seg_unlink(s->name, "rings");      /* while we hold its lock (seg.h) */
 	tpo_ringset_close(&s->rs);
-	tpo_seg_unlink(s->name, "rings");
 out_stats:
 	tpo_stats_destroy(&s->stats);
 out:

@@ -59,13 +59,12 @@ struct top {
 static int instance_alive(struct top *t)
 {
 	struct stat sb;
-	pid_t pid = (pid_t)atomic_load_explicit(&t->st.shm->hdr.sup_pid, memory_order_relaxed);
 
 	if (stat(t->path, &sb) < 0 || sb.st_ino != t->ino)
 		return 0;
-	if (pid > 0 && kill(pid, 0) < 0 && errno == ESRCH)
-		return 0;
-	return 1;
+	/* Its supervisor's lock, not its pid (which may name another process
+	 * by now). */
+	return tpo_seg_owner_alive(t->name, "stats") != 0;
 }
 
 static int attach(struct top *t)

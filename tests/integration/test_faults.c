@@ -146,8 +146,8 @@ Test(faults, bystander_of_a_poison_prompt_is_not_quarantined)
 	h_start(&in, "bystand", FAULT_CFG);
 	in.crashes_ok = 1;
 	h_stats_attach(&in, &st);
-	/* Q: its first token 400 ms after each (re)start: silent at both crashes. */
-	h_chat_body(body, sizeof(body), "bystander [[tpo:delay_ms=400]] [[tpo:tokens=3]]", 0, NULL);
+	/* Q: its first token 3 s after each (re)start: silent at both crashes. */
+	h_chat_body(body, sizeof(body), "bystander [[tpo:delay_ms=3000]] [[tpo:tokens=3]]", 0, NULL);
 	h_begin(&q, in.port, "POST", "/v1/chat/completions", NULL, body, strlen(body));
 	cr_assert_eq(h_wait_in_flight(&st, TPO_STAGE_INFER, 0, 1), 1, "Q never reached infer");
 	h_chat_body(body, sizeof(body), "poison [[tpo:crash_after=0]]", 0, NULL);

@@ -568,7 +568,7 @@ Test(supervisor, drain_restarts_a_stage_in_backoff)
 	int status;
 
 	h_start(&in, "drbk",
-		"{\"lanes\": 1, \"restart\": {\"base_ms\": 1500, \"cap_ms\": 1500, \"jitter_pct\": 0},"
+		"{\"lanes\": 1, \"restart\": {\"base_ms\": 3000, \"cap_ms\": 3000, \"jitter_pct\": 0},"
 		" \"stages\": {\"infer\": {\"max_inflight\": 1,"
 		" \"mock\": {\"tokens_per_second\": 0, \"max_tokens\": 8}}}}");
 	in.crashes_ok = 1;
@@ -767,41 +767,19 @@ Test(supervisor, stop_drains_in_flight_stream)
 	h_unlink_files(&in);
 }
 
-Test(supervisor, crash_loop_opens_circuit)
+/* SIGKILLs stage[lane]'s process, each time it runs again, until its
+ * circuit opens; returns the kills it took (at most max). */
+static int crash_until_open(const struct tpo_stats *st, int stage, int lane, int max)
 {
-	struct tpo_stats st;
 	struct tpo_proc_snapshot p;
-	struct h_conn held;
-	char sid0[32], sid1[32];
-	int kills = 0, status;
+	int kills = 0;
 	uint64_t end;
 
-	h_start(&in, "circ",
-		"{\"lanes\": 2, \"restart\": {\"base_ms\": 10, \"cap_ms\": 20, \"jitter_pct\": 0,"
-		" \"max_restarts\": 2, \"window_ms\": 60000, \"open_ms\": 2000, \"stable_ms\": 300},"
-		" \"stages\": {\"rag\": {\"enabled\": true},"
-		" \"infer\": {\"mock\": {\"tokens_per_second\": 0, \"max_tokens\": 4}}}}");
-	in.crashes_ok = 1;
-	h_stats_attach(&in, &st);
-	session_for_lane(0, sid0, sizeof(sid0));
-	session_for_lane(1, sid1, sizeof(sid1));
-	/* A request held in lane 1's inference (silent, a minute to its
-	 * deadline): once the lane is out of service it is answered 503 at
-	 * once, not left to time out. */
-	{
-		char body[512], hdr[160];
-
-		h_chat_body(body, sizeof(body), "held [[tpo:stall]]", 0, NULL);
-		snprintf(hdr, sizeof(hdr), "X-Session-Id: %s\r\nX-Request-Timeout: 60s\r\n", sid1);
-		h_begin(&held, in.port, "POST", "/v1/chat/completions", hdr, body, strlen(body));
-		cr_assert_eq(h_wait_in_flight(&st, TPO_STAGE_INFER, 1, 1), 1, "never in inference");
-	}
-	/* Crash lane 1's rag until its circuit opens. */
 	for (;;) {
-		h_proc(&st, TPO_STAGE_RAG, 1, &p);
+		h_proc(st, stage, lane, &p);
 		if (p.state == TPO_UNIT_OPEN)
-			break;
-		cr_assert_lt(kills, 6, "circuit still closed after %d crashes", kills);
+			return kills;
+		cr_assert_lt(kills, max, "circuit still closed after %d crashes", kills);
 		if (p.state == TPO_UNIT_RUNNING && p.pid > 0 && p.child_pid == p.pid) {
 			cr_assert_eq(kill(p.pid, SIGKILL), 0);
 			kills++;
@@ -811,7 +789,7 @@ Test(supervisor, crash_loop_opens_circuit)
 			/* Wait for the supervisor to see it. */
 			do {
 				struct tpo_proc_snapshot q;
-				h_proc(&st, TPO_STAGE_RAG, 1, &q);
+				h_proc(st, stage, lane, &q);
 				if (q.pid != p.pid)
 					break;
 				h_sleep_ms(2);
@@ -819,6 +797,30 @@ Test(supervisor, crash_loop_opens_circuit)
 		}
 		h_sleep_ms(5);
 	}
+}
+
+#define CIRCUIT_RESTART \
+	"\"restart\": {\"base_ms\": 10, \"cap_ms\": 20, \"jitter_pct\": 0," \
+	" \"max_restarts\": 2, \"window_ms\": 60000, \"open_ms\": 2000, \"stable_ms\": 300}"
+
+Test(supervisor, crash_loop_opens_circuit)
+{
+	struct tpo_stats st;
+	struct tpo_proc_snapshot p;
+	char sid0[32], sid1[32];
+	int kills, status;
+	uint64_t end;
+
+	h_start(&in, "circ",
+		"{\"lanes\": 2, " CIRCUIT_RESTART ","
+		" \"stages\": {\"rag\": {\"enabled\": true},"
+		" \"infer\": {\"mock\": {\"tokens_per_second\": 0, \"max_tokens\": 4}}}}");
+	in.crashes_ok = 1;
+	h_stats_attach(&in, &st);
+	session_for_lane(0, sid0, sizeof(sid0));
+	session_for_lane(1, sid1, sizeof(sid1));
+	/* Crash lane 1's rag until its circuit opens. */
+	kills = crash_until_open(&st, TPO_STAGE_RAG, 1, 6);
 	cr_assert_eq(kills, 3, "opened after %d crashes (max_restarts 2)", kills);
 	{
 		char state[32];
@@ -827,11 +829,6 @@ Test(supervisor, crash_loop_opens_circuit)
 		cr_assert_str_eq(state, "open");
 		cr_assert_eq(restarts, 2);
 	}
-	cr_assert_eq(h_read_head(&held), 0, "the held request was left to its deadline");
-	cr_assert_eq(held.status, 503, "held: status %d", held.status);
-	cr_assert_eq(h_read_body(&held), 0);
-	h_assert_oai_error(held.body, "out of service");
-	h_conn_free(&held);
 	/* Both sessions are served: lane 1's is routed around. */
 	cr_assert_eq(chat_lane(sid0, &status), 0);
 	cr_assert_eq(status, 200);
@@ -852,6 +849,36 @@ Test(supervisor, crash_loop_opens_circuit)
 	wait_ready_lane(1);
 	cr_assert_eq(chat_lane(sid1, &status), 1);
 	cr_assert_eq(status, 200);
+	tpo_stats_close(&st);
+	h_stop(&in);
+}
+
+/*
+ * A lane whose infer keeps crashing until its circuit opens: the request
+ * held there (in inference, silent, a minute to its deadline) is answered
+ * 503 at once, not left to time out; the next probe serves again.
+ */
+Test(supervisor, lane_out_of_service_ends_its_requests)
+{
+	struct tpo_stats st;
+	struct h_conn held;
+	char body[512];
+
+	h_start(&in, "oos",
+		"{\"lanes\": 1, " CIRCUIT_RESTART ","
+		" \"stages\": {\"infer\": {\"mock\": {\"tokens_per_second\": 0, \"max_tokens\": 4}}}}");
+	in.crashes_ok = 1;
+	h_stats_attach(&in, &st);
+	h_chat_body(body, sizeof(body), "held [[tpo:stall]]", 0, NULL);
+	h_begin(&held, in.port, "POST", "/v1/chat/completions", "X-Request-Timeout: 60s\r\n",
+		body, strlen(body));
+	cr_assert_eq(h_wait_in_flight(&st, TPO_STAGE_INFER, 0, 1), 1, "never in inference");
+	cr_assert_eq(crash_until_open(&st, TPO_STAGE_INFER, 0, 6), 3);
+	cr_assert_eq(h_read_head(&held), 0, "the held request was left to its deadline");
+	cr_assert_eq(held.status, 503, "held: status %d", held.status);
+	cr_assert_eq(h_read_body(&held), 0);
+	h_assert_oai_error(held.body, "out of service");
+	h_conn_free(&held);
 	tpo_stats_close(&st);
 	h_stop(&in);
 }
@@ -930,8 +957,6 @@ Test(supervisor, two_instances_side_by_side)
 	h_stop(&in);
 }
 
-/* SIGHUP (tpo-supervisor reload) re-reads the file: the log says what it
- * applied and what needs a restart, and the instance keeps serving. */
 /* Writes json as the instance's file and reloads; returns the log once it
  * has more "reload: " lines than nreload. */
 static const char *reload_file(const char *json, int nreload)
@@ -976,6 +1001,8 @@ static int count_of(const char *s, const char *what)
 	" \"stages\": {\"rag\": {\"enabled\": true}," \
 	" \"infer\": {\"mock\": {\"tokens_per_second\": 0, \"max_tokens\": 8}}}" more "}"
 
+/* SIGHUP (tpo-supervisor reload) re-reads the file: the log says what it
+ * applied and what needs a restart, and the instance keeps serving. */
 Test(supervisor, reload_applies_restart_params)
 {
 	struct h_conn c;

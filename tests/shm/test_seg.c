@@ -139,9 +139,12 @@ Test(seg, foreign_magic)
 	published(&s, "f", TPO_SEG_TEST, 1);
 	((struct tpo_seg_hdr *)s.base)->magic = 0x0123456789abcdefull;
 	cr_assert_eq(tpo_seg_attach(&a, inst(), "f", TPO_SEG_TEST, 1, 0, NULL), -EPROTO);
-	/* A foreign file under our name is never removed by create. */
-	cr_assert_eq(tpo_seg_create(&a, inst(), "f", TPO_SEG_TEST, 4096), -EEXIST);
+	/* A foreign file under our name is never removed by create, by its
+	 * magic: nobody holds a lock on it (ours is closed). */
 	tpo_seg_close(&s);
+	cr_assert_eq(tpo_seg_create(&a, inst(), "f", TPO_SEG_TEST, 4096), -EEXIST);
+	cr_assert_eq(tpo_seg_sweep(inst(), 0), 0);
+	cr_assert_eq(tpo_seg_owner_alive(inst(), "f"), -EPROTO);
 	cr_assert_eq(tpo_seg_unlink(inst(), "f"), 0);
 }
 
@@ -284,6 +287,41 @@ Test(seg, owner_is_its_lock_not_its_pid)
 	cr_assert_eq(tpo_seg_owner_alive(inst(), "none"), 0);
 	cr_assert_eq(tpo_seg_owner_alive("a/b", "p"), -EINVAL);
 	cr_assert_eq(tpo_seg_unlink(inst(), "p"), 0);
+}
+
+/* A segment of an older creator (no TPO_SEG_LOCKED, no lock) is judged by
+ * the pid in its header, as it was. */
+Test(seg, unlocked_segment_judged_by_its_pid)
+{
+	struct tpo_seg s;
+	struct tpo_seg_hdr *h;
+
+	published(&s, "o", TPO_SEG_TEST, 1);
+	h = s.base;
+	h->flags = 0;
+	h->owner_pid = (uint32_t)getpid();
+	tpo_seg_close(&s);                              /* no lock held */
+	cr_assert_eq(tpo_seg_owner_alive(inst(), "o"), 1);
+	cr_assert_eq(tpo_seg_sweep(inst(), 0), 0);
+	/* Re-open it writable to name a pid that is gone. */
+	{
+		char path[128];
+		int fd, st;
+		pid_t pid = fork();
+
+		cr_assert_geq(pid, 0);
+		if (pid == 0)
+			_exit(0);
+		cr_assert_eq(waitpid(pid, &st, 0), pid);
+		devshm(path, sizeof(path), "o");
+		fd = open(path, O_RDWR);
+		cr_assert_geq(fd, 0);
+		cr_assert_eq(pwrite(fd, &(uint32_t){ (uint32_t)pid }, 4,
+				    offsetof(struct tpo_seg_hdr, owner_pid)), 4);
+		close(fd);
+	}
+	cr_assert_eq(tpo_seg_owner_alive(inst(), "o"), 0);
+	cr_assert_eq(tpo_seg_sweep(inst(), 0), 1);
 }
 
 /* A creator that died before writing its header leaves a file of zeros:

@@ -665,6 +665,38 @@ Test(config, load_reports_file_name)
 	cr_assert_str_eq(errs.msg[0], want);
 }
 
+/* The name of a file that does not load: the top-level "name" only. */
+static int name_of(const char *json, char *name, size_t cap)
+{
+	char path[] = "/tmp/tpo-cfg-XXXXXX";
+	int fd = mkstemp(path), r;
+
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(write(fd, json, strlen(json)), (ssize_t)strlen(json));
+	close(fd);
+	r = tpo_config_name_of(path, name, cap);
+	unlink(path);
+	return r;
+}
+
+Test(config, name_of_a_file_that_does_not_load)
+{
+	char name[TPO_CONFIG_NAME_LEN];
+
+	cr_assert_eq(name_of("{\"stages\": {\"infer\": {\"endpoints\": [{\"name\": \"ep\"}]}},"
+			     " \"name\": \"prod\", \"lanes\": -3}", name, sizeof(name)), 0);
+	cr_assert_str_eq(name, "prod");
+	cr_assert_eq(name_of("{\"lanes\": \"many\"}", name, sizeof(name)), 0);
+	cr_assert_str_eq(name, "default");
+	cr_assert_eq(name_of("{\"name\": 7}", name, sizeof(name)), -EINVAL);
+	cr_assert_eq(name_of("{\"name\": \"a/b\"}", name, sizeof(name)), -EINVAL);
+	cr_assert_eq(name_of("{\"name\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}", name,
+			     sizeof(name)), -EINVAL);
+	cr_assert_eq(name_of("{ not json", name, sizeof(name)), -EINVAL);
+	cr_assert_eq(name_of("[1]", name, sizeof(name)), -EINVAL);
+	cr_assert_eq(tpo_config_name_of("/nonexistent/x.json", name, sizeof(name)), -ENOENT);
+}
+
 Test(config, null_errs_allowed)
 {
 	cr_assert_eq(tpo_config_parse(&cfg, "{\"x\":1}", 7, NULL, NULL), -EINVAL);
