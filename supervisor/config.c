@@ -1198,16 +1198,18 @@ int tpo_config_name_of(const char *path, char *name, size_t cap)
 			continue;
 		/* The first "name" decides: one that is no instance name never
 		 * falls back to "default" (that could be another instance). */
-		if (t[k + 1].type != JSMN_STRING || vl >= cap) {
+		if (t[k + 1].type != JSMN_STRING || vl == 0 || vl >= cap) {
 			err = -EINVAL;
 			break;
 		}
 		memcpy(name, buf + t[k + 1].start, vl);
 		name[vl] = 0;
+		if (check_name(NULL, name, NULL))
+			err = -EINVAL;
 		break;
 	}
 	free(t);
-	return err < 0 ? err : tpo_seg_name_ok(name);
+	return err;
 }
 
 int tpo_config_load(struct tpo_config *c, const char *path, struct tpo_config_errors *errs)
