@@ -93,31 +93,34 @@ static int creator_alive(int fd)
 	return 0;
 }
 
+/* creator_alive of the segment at path; 0 if there is none. */
+static int alive_at(const char *path)
+{
+	int fd = shm_open(path, O_RDONLY, 0), alive;
+
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	alive = creator_alive(fd);
+	close(fd);
+	return alive;
+}
+
 /* Whether the segment at path may be removed: 1 yes, 0 no, -errno. */
 static int seg_is_stale(const char *path)
 {
-	int fd, alive;
+	int alive = alive_at(path);
 
-	fd = shm_open(path, O_RDONLY, 0);
-	if (fd < 0)
-		return errno == ENOENT ? 1 : -errno;
-	alive = creator_alive(fd);
-	close(fd);
 	return alive < 0 ? alive : alive == 0;
 }
 
 int tpo_seg_owner_alive(const char *instance, const char *what)
 {
 	char path[TPO_SEG_PATH_MAX];
-	int fd, alive, err = tpo_seg_path(path, sizeof(path), instance, what);
+	int alive, err = tpo_seg_path(path, sizeof(path), instance, what);
 
 	if (err < 0)
 		return err;
-	fd = shm_open(path, O_RDONLY, 0);
-	if (fd < 0)
-		return errno == ENOENT ? 0 : -errno;
-	alive = creator_alive(fd);
-	close(fd);
+	alive = alive_at(path);
 	return alive == 2 ? -EPROTO : alive;
 }
 

@@ -793,12 +793,22 @@ out:
 
 /* ---- commands against a running instance ---- */
 
+/* Attaches name's stats segment if its supervisor lives (holds the
+ * segment's lock: the pid written in it may be another process's by now);
+ * says why not: -ENOENT no instance, -ESRCH its supervisor died. */
 static int attach_or_say(struct tpo_stats *st, const char *name)
 {
 	int err = tpo_stats_attach(st, name, 0);
 
+	if (err == 0 && tpo_seg_owner_alive(name, "stats") != 1) {
+		tpo_stats_close(st);
+		err = -ESRCH;
+	}
 	if (err == -ENOENT)
 		fprintf(stderr, "tpo-supervisor: instance '%s' is not running\n", name);
+	else if (err == -ESRCH)
+		fprintf(stderr, "tpo-supervisor: instance '%s' is not running: its supervisor "
+			"has died; its segments remain until the next start of that name\n", name);
 	else if (err < 0)
 		fprintf(stderr, "tpo-supervisor: fatal: unable to read /tpo.%s.stats: %s\n",
 			name, tpo_seg_strerror(err));
@@ -833,11 +843,11 @@ int tpo_sup_stop(const char *name, int timeout_ms)
 	struct tpo_stats_info info;
 	uint64_t end;
 	pid_t pid;
-	int pidfd;
+	int pidfd, err;
 
 	memset(&st, 0, sizeof(st));
-	if (attach_or_say(&st, name) < 0)
-		return TPO_EX_SYSTEM;
+	if ((err = attach_or_say(&st, name)) < 0)
+		return err == -ESRCH ? TPO_EX_OK : TPO_EX_SYSTEM;   /* stopped already */
 	if (tpo_stats_read_info(&st, &info) < 0 || info.sup_pid <= 0) {
 		fprintf(stderr, "tpo-supervisor: instance '%s': supervisor pid unreadable\n", name);
 		tpo_stats_close(&st);
@@ -845,13 +855,6 @@ int tpo_sup_stop(const char *name, int timeout_ms)
 	}
 	tpo_stats_close(&st);
 	pid = info.sup_pid;
-	/* Its lock, not its pid (which a dead supervisor's may now name some
-	 * other process by): signal only a supervisor that holds it. */
-	if (tpo_seg_owner_alive(name, "stats") != 1) {
-		fprintf(stderr, "tpo-supervisor: instance '%s' is not running "
-			"(stale segments are removed at the next start)\n", name);
-		return TPO_EX_OK;
-	}
 	/* A pidfd turns readable when the process has exited, even while it
 	 * is an unreaped zombie (kill(pid, 0) would still succeed then). */
 	pidfd = pidfd_open(pid);
@@ -903,12 +906,6 @@ int tpo_sup_signal(const char *name, int sig)
 	memset(&st, 0, sizeof(st));
 	if (attach_or_say(&st, name) < 0)
 		return TPO_EX_SYSTEM;
-	if (tpo_seg_owner_alive(name, "stats") != 1) {
-		fprintf(stderr, "tpo-supervisor: instance '%s' is not running: its supervisor "
-			"has died; its segments remain until the next start of that name\n", name);
-		tpo_stats_close(&st);
-		return TPO_EX_SYSTEM;
-	}
 	if (tpo_stats_read_info(&st, &info) < 0 || info.sup_pid <= 0 ||
 	    kill(info.sup_pid, sig) < 0) {
 		fprintf(stderr, "tpo-supervisor: instance '%s': unable to signal the supervisor\n",
@@ -930,15 +927,6 @@ int tpo_sup_status(const char *name)
 	if (attach_or_say(&st, name) < 0)
 		return TPO_EX_SYSTEM;
 	if (tpo_stats_read_info(&st, &info) < 0) {
-		tpo_stats_close(&st);
-		return TPO_EX_SYSTEM;
-	}
-	/* Segments outlive a supervisor that was killed: its table would show
-	 * dead processes "running". */
-	if (tpo_seg_owner_alive(name, "stats") != 1) {
-		fprintf(stderr, "tpo-supervisor: instance '%s' is not running: its supervisor "
-			"(pid %d) has died; its segments remain until the next start of that "
-			"name\n", name, (int)info.sup_pid);
 		tpo_stats_close(&st);
 		return TPO_EX_SYSTEM;
 	}

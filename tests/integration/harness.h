@@ -1074,6 +1074,19 @@ H_FN void h_chat_body(char *buf, size_t cap, const char *content, int stream,
 		 more ? "," : "", more ? more : "");
 }
 
+/* Reads the answer of a request begun with h_begin: a 200 whose usage
+ * counts tokens completion tokens; who names it in a failure. */
+H_FN void h_await_answer(struct h_conn *c, const char *who, int tokens)
+{
+	char want[48];
+
+	cr_assert_eq(h_read_head(c), 0, "%s: no answer", who);
+	cr_assert_eq(c->status, 200, "%s: status %d", who, c->status);
+	cr_assert_eq(h_read_body(c), 0, "%s: incomplete body", who);
+	snprintf(want, sizeof(want), "\"completion_tokens\":%d", tokens);
+	cr_assert(strstr(c->body, want), "%s: %s", who, c->body);
+}
+
 /* X-Tpo-Lane of a response, or -1. */
 H_FN int h_lane(const struct h_conn *c)
 {

@@ -211,8 +211,9 @@ Test(seg, live_owner_exists)
 	cr_assert_eq(tpo_seg_unlink(inst(), "l"), 0);
 }
 
-/* Creates the named segments in a child that exits without unlinking. */
-static void create_in_dead_child(const char *const *what, int n)
+/* Creates the named segments in a child that exits without unlinking;
+ * with name_parent their headers name our pid, a live one, as owner. */
+static void create_in_dead_child(const char *const *what, int n, int name_parent)
 {
 	int st;
 	pid_t pid;
@@ -227,6 +228,8 @@ static void create_in_dead_child(const char *const *what, int n)
 		for (int i = 0; i < n; i++) {
 			if (tpo_seg_create(&s, inst(), what[i], TPO_SEG_TEST, 4096) < 0)
 				_exit(1);
+			if (name_parent)
+				((struct tpo_seg_hdr *)s.base)->owner_pid = (uint32_t)getppid();
 			tpo_seg_publish(&s, 1);
 		}
 		_exit(0);
@@ -241,7 +244,7 @@ Test(seg, dead_owner_replaced)
 	struct tpo_seg s, a;
 	uint32_t found;
 
-	create_in_dead_child(what, 1);
+	create_in_dead_child(what, 1, 0);
 	cr_assert_eq(tpo_seg_attach(&a, inst(), "d", TPO_SEG_TEST, 1, 0, &found), 0,
 		     "child's segment not found under the parent's name");
 	tpo_seg_close(&a);
@@ -260,22 +263,10 @@ Test(seg, dead_owner_replaced)
  */
 Test(seg, owner_is_its_lock_not_its_pid)
 {
+	static const char *const what[] = { "p" };
 	struct tpo_seg s, a;
-	int st;
-	pid_t pid;
 
-	(void)inst();
-	pid = fork();
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		if (tpo_seg_create(&s, inst(), "p", TPO_SEG_TEST, 4096) < 0)
-			_exit(1);
-		((struct tpo_seg_hdr *)s.base)->owner_pid = (uint32_t)getppid();
-		tpo_seg_publish(&s, 1);
-		_exit(0);
-	}
-	cr_assert_eq(waitpid(pid, &st, 0), pid);
-	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	create_in_dead_child(what, 1, 1);
 	cr_assert_eq(tpo_seg_owner_alive(inst(), "p"), 0);
 	cr_assert_eq(tpo_seg_create(&s, inst(), "p", TPO_SEG_TEST, 4096), 0,
 		     "a dead creator's segment kept by a live pid in its header");
@@ -363,7 +354,7 @@ Test(seg, sweep)
 	char path[128];
 	struct stat st;
 
-	create_in_dead_child(what, 2);
+	create_in_dead_child(what, 2, 0);
 	published(&s, "z", TPO_SEG_TEST, 1);
 	cr_assert_eq(tpo_seg_sweep(inst(), 0), 2);
 	cr_assert_eq(tpo_seg_attach(&a, inst(), "x", TPO_SEG_TEST, 1, 0, NULL), -ENOENT);

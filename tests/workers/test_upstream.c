@@ -387,30 +387,34 @@ Test(upstream, openai_200_without_a_completion)
 	h_stop(&in);
 }
 
+/* A non-streamed "plain" chat with more (NULL: nothing) in its body,
+ * answered 200; out gets the request the upstream received for it. */
+static void sent_upstream(const char *more, char *out, size_t cap)
+{
+	char body[1024];
+	struct h_conn c;
+
+	h_chat_body(body, sizeof(body), "plain", 0, more);
+	h_http(&c, in.port, "POST", "/v1/chat/completions", NULL, body);
+	cr_assert_eq(c.status, 200, "%s", c.body);
+	h_conn_free(&c);
+	srv_last(out, cap);
+}
+
 /* post's max_tokens caps what the model is asked for: a model that answers
  * whole is one record to post, which cannot count its tokens. */
 Test(upstream, post_cap_reaches_the_model)
 {
-	char out[8192], body[1024];
-	struct h_conn c;
+	char out[8192];
 
 	stages_more = ", \"post\": {\"max_tokens\": 2}";
 	start("pc", "openai", NULL, 100, NULL);
 	stages_more = "";
-	cr_assert_eq(chat_once("plain", out, sizeof(out)), 200, "%s", out);
-	srv_last(out, sizeof(out));
+	sent_upstream(NULL, out, sizeof(out));
 	cr_assert(strstr(out, "\"max_tokens\":2"), "no cap sent: %s", out);
-	h_chat_body(body, sizeof(body), "plain", 0, "\"max_tokens\":1");
-	h_http(&c, in.port, "POST", "/v1/chat/completions", NULL, body);
-	cr_assert_eq(c.status, 200);
-	h_conn_free(&c);
-	srv_last(out, sizeof(out));
+	sent_upstream("\"max_tokens\":1", out, sizeof(out));
 	cr_assert(strstr(out, "\"max_tokens\":1"), "the smaller ask not sent: %s", out);
-	h_chat_body(body, sizeof(body), "plain", 0, "\"max_tokens\":50");
-	h_http(&c, in.port, "POST", "/v1/chat/completions", NULL, body);
-	cr_assert_eq(c.status, 200);
-	h_conn_free(&c);
-	srv_last(out, sizeof(out));
+	sent_upstream("\"max_tokens\":50", out, sizeof(out));
 	cr_assert(strstr(out, "\"max_tokens\":2"), "over the cap sent: %s", out);
 	h_stop(&in);
 }
